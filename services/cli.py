@@ -1,0 +1,117 @@
+"""``evoray``: run, resume, report and bench (see ARCHITECTURE.md for the contract)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from services.config import ConfigError, dump_config, load_config, parse_config
+
+
+def _run_job(cfg, run_dir: Path, resume: bool) -> Path:
+    import yaml
+    from jobs.srt.loop import SRTLoop
+    from services.controller import start_ray, start_roles
+    from services.metrics import RayMetrics
+    from services.progress import StepProgress
+    from services.report import demo_table
+    from services.run_store import RunStore
+
+    store = RunStore(run_dir)
+    if not resume:
+        store.write_config(dump_config(cfg))
+    progress = StepProgress()
+    progress.note(f"run directory: {run_dir}")
+    start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.include_dashboard)
+    run_name = run_dir.name
+    progress.note(f"starting {cfg.sampler.num_actors} sampler(s) and a learner for {cfg.model.name} …")
+    roles = start_roles(cfg, run_name)
+    metrics = RayMetrics(run_name, cfg.job)
+    loop = SRTLoop(cfg, roles, store, progress, metrics.export)
+    try:
+        loop.run(resume=resume)
+    finally:
+        store.flush_metrics()
+    try:
+        progress.console.print(demo_table(run_dir))
+    except ValueError as e:
+        progress.note(f"(no table: {e})")
+    return run_dir
+
+
+def cmd_run(args) -> int:
+    from services.run_store import new_run_dir
+    cfg = load_config(args.config, args.set or [])
+    from actors.model_loading import resolve_model
+    resolve_model(cfg.model.name)          # a missing model fails here, before Ray starts
+    from jobs.srt.loop import build_splits
+    build_splits(cfg)                      # so does a bad dataset
+    run_dir = Path(args.run_dir) if args.run_dir else new_run_dir("runs", cfg.name)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"--run-dir {run_dir} is not empty; use `evoray resume {run_dir}` to continue it")
+    _run_job(cfg, run_dir, resume=False)
+    print(run_dir)
+    return 0
+
+
+def cmd_resume(args) -> int:
+    import yaml
+    run_dir = Path(args.run_dir)
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg = parse_config(yaml.safe_load(config.read_text()), str(config))
+    _run_job(cfg, run_dir, resume=True)
+    print(run_dir)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from services.report import write_report
+    print(write_report(args.run_dir, args.compare or []))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from services.bench import BENCHMARKS
+    return BENCHMARKS[args.name](args) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="evoray", description="self-improvement loops on Ray")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a job on the local Ray instance (or RAY_ADDRESS)")
+    run.add_argument("config")
+    run.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config key")
+    run.add_argument("--run-dir")
+    run.set_defaults(fn=cmd_run)
+    res = sub.add_parser("resume", help="continue a stopped run from its last checkpoint")
+    res.add_argument("run_dir")
+    res.set_defaults(fn=cmd_resume)
+    rep = sub.add_parser("report", help="write report.md and PNG plots into a run directory")
+    rep.add_argument("run_dir")
+    rep.add_argument("--compare", action="append", metavar="RUN_DIR", help="overlay another run")
+    rep.set_defaults(fn=cmd_report)
+    bench = sub.add_parser("bench", help="benchmarks; each prints a table and writes JSON")
+    bench.add_argument("name", choices=["weight-sync"])
+    bench.add_argument("--out", default="bench-results", help="directory for the JSON result")
+    bench.add_argument("--model", default="smollm2-135m-instruct")
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"evoray: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("evoray: interrupted; continue with `evoray resume RUN_DIR`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Typed configs: YAML validated by pydantic. Unknown or misspelt keys are errors, never ignored."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the file and the key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    name: str = "smollm2-135m-instruct"   # embedded default, an HF directory, or a hub id
+
+
+class SamplerConfig(Strict):
+    backend: Literal["transformers", "vllm"] = "transformers"
+    num_actors: int = Field(1, ge=1)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    num_cpus: float = 1
+    num_gpus: float = 0
+    threads: Optional[int] = Field(None, ge=1, description="torch threads; default: all cores")
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    system_prompt: Optional[str] = None
+
+
+class SamplingConfig(Strict):
+    n: int = Field(8, ge=1, description="samples per prompt")
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(12, ge=1)
+
+
+class LearnerConfig(Strict):
+    lr: float = Field(3e-6, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = Field(1.0, gt=0)
+    advantage: str = "grpo"
+    policy_loss: str = "ppo_clip"
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    aggregation: str = "token-mean"
+    kl_coef: float = Field(0.0, ge=0)
+    kl_estimator: str = "low_var_kl"
+    micro_batch_tokens: int = Field(4096, ge=1)
+    autocast: Literal["none", "bf16"] = "none"
+    num_cpus: float = 1
+    num_gpus: float = 0
+    threads: Optional[int] = Field(None, ge=1)
+
+    @field_validator("advantage", "policy_loss", "kl_estimator", "aggregation")
+    @classmethod
+    def _registered(cls, value: str, info) -> str:
+        from actors import grpo
+        table = {"advantage": grpo.ADVANTAGE_ESTIMATORS, "policy_loss": grpo.POLICY_LOSSES,
+                 "kl_estimator": grpo.KL_ESTIMATORS, "aggregation": grpo.AGGREGATIONS}[info.field_name]
+        if value not in table:
+            raise ValueError(f"{value!r} is not registered; choose one of {sorted(table)}")
+        return value
+
+
+class DataConfig(Strict):
+    source: str = "arithmetic"            # "arithmetic" or a .parquet/.jsonl file
+    heldout_source: Optional[str] = None  # for file datasets: a labelled held-out file
+    val_source: Optional[str] = None
+    level: int = 1
+    template: str = "What is {question}? Answer with just the number."
+    n_train: int = Field(64, ge=1)
+    n_val: int = Field(16, ge=0)
+    n_heldout: int = Field(32, ge=1)
+    split_fractions: dict[str, float] = {"train": 0.6, "val": 0.1, "heldout": 0.3}
+
+
+class RewardConfig(Strict):
+    kind: Literal["majority_vote", "ground_truth", "offline_labels"] = "majority_vote"
+    extraction: Literal["boxed", "last_number", "boxed_or_last_number"] = "boxed_or_last_number"
+    require_finished: bool = True
+    equivalence: Literal["exact", "math"] = "exact"
+    soft: bool = False
+    self_consistency_threshold: float = Field(0.0, ge=0, le=1)
+    offline_rollouts: int = Field(16, ge=1, description="K base-model samples per prompt")
+
+
+class CurriculumConfig(Strict):
+    mode: Literal["none", "offline", "in_batch"] = "none"
+    keep_fraction: float = Field(1 / 3, gt=0, le=1)
+    rollouts: int = Field(16, ge=1, description="K base-model samples per prompt (offline mode)")
+
+
+class EarlyStoppingConfig(Strict):
+    enabled: bool = False
+    metric: str = "val/pass@1"
+    patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
+    min_delta: float = 0.0
+
+
+class CollapseConfig(Strict):
+    enabled: bool = True
+    window: int = Field(5, ge=2, description="steps over which the pseudo-reward rise is measured")
+    reward_rise: float = 0.15
+    dominance: float = Field(0.5, gt=0, le=1, description="share of prompts with one same majority answer")
+    heldout_drop: float = Field(0.15, gt=0)
+    stop: bool = False
+
+
+class EvalConfig(Strict):
+    every: int = Field(10, ge=1)
+    n: int = Field(8, ge=1)
+    temperature: float = 1.0
+
+
+class TrainConfig(Strict):
+    steps: int = Field(40, ge=1)
+    prompts_per_step: int = Field(16, ge=1)
+    seed: int = 0
+    checkpoint_every: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    skip_uniform_groups: bool = True
+
+
+class RayConfig(Strict):
+    address: Optional[str] = None
+    num_cpus: Optional[int] = None
+    include_dashboard: bool = False
+
+
+class SRTConfig(Strict):
+    job: Literal["srt"] = "srt"
+    name: str = "srt"
+    model: ModelConfig = ModelConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    learner: LearnerConfig = LearnerConfig()
+    data: DataConfig = DataConfig()
+    reward: RewardConfig = RewardConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    collapse: CollapseConfig = CollapseConfig()
+    eval: EvalConfig = EvalConfig()
+    train: TrainConfig = TrainConfig()
+    ray: RayConfig = RayConfig()
+
+
+JOBS: dict[str, type[Strict]] = {"srt": SRTConfig}
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply ``key.path=value`` (value parsed as YAML) to a nested dict."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key.path=value")
+    key, value = assignment.split("=", 1)
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key (not part of the config; check its spelling)" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: dict, source: str = "<config>"):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys")
+    job = raw.get("job", "srt")
+    if job not in JOBS:
+        raise ConfigError(f"{source}: job: {job!r} is not one of {sorted(JOBS)}")
+    try:
+        return JOBS[job].model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_errors(e, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return parse_config(raw, str(path))
+
+
+def dump_config(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,143 @@
+"""The run directory (ARCHITECTURE.md): config, metrics, samples, events, checkpoints.
+
+Every file is written to a temporary name in its own directory and renamed into place, so a run
+stopped at any moment leaves each file either old or new, never half-written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+METRICS_SCHEMA = pa.schema([("step", pa.int64()), ("name", pa.string()), ("value", pa.float64()),
+                            ("time", pa.timestamp("us", tz="UTC"))])
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda p: p.write_text(text))
+
+
+class RunStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        for sub in ("samples", "checkpoints"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._metrics: list[dict[str, Any]] = self.read_metrics()
+
+    # --- metrics ----------------------------------------------------------------------------------
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.parquet"
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        return pq.read_table(self.metrics_path).to_pylist()
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        now = datetime.now(timezone.utc)
+        self._metrics.extend({"step": int(step), "name": k, "value": float(v), "time": now}
+                             for k, v in values.items() if v is not None)
+
+    def flush_metrics(self) -> None:
+        table = pa.Table.from_pylist(self._metrics, schema=METRICS_SCHEMA)
+        atomic_write(self.metrics_path, lambda p: pq.write_table(table, p))
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """Drop metrics logged after ``after_step`` (work lost with a stopped run is redone)."""
+        self._metrics = [m for m in self._metrics if m["step"] <= after_step]
+        self.flush_metrics()
+
+    def metric_series(self, name: str) -> list[tuple[int, float]]:
+        return [(m["step"], m["value"]) for m in self._metrics if m["name"] == name]
+
+    # --- samples and events -----------------------------------------------------------------------
+
+    def write_samples(self, step: int, rows: list[dict[str, Any]], prefix: str = "train") -> None:
+        if rows:
+            table = pa.Table.from_pylist(rows)
+            atomic_write(self.root / "samples" / f"{prefix}_step{step:06d}.parquet",
+                         lambda p: pq.write_table(table, p))
+
+    def event(self, event: str, step: int, **fields: Any) -> dict:
+        record = {"event": event, "step": int(step), "time": datetime.now(timezone.utc).isoformat(),
+                  **fields}
+        with open(self.root / "events.jsonl", "a") as f:
+            f.write(json.dumps(record, default=str) + "\n")
+        return record
+
+    # --- config -----------------------------------------------------------------------------------
+
+    def write_config(self, text: str) -> None:
+        atomic_write_text(self.root / "config.yaml", text)
+
+    # --- checkpoints ------------------------------------------------------------------------------
+
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.root / "checkpoints" / f"step_{step:06d}"
+
+    def save_checkpoint(self, step: int, write: Callable[[Path], None], keep: int,
+                        protect: tuple[str, ...] = ()) -> Path:
+        """``write(tmp_dir)`` fills a temporary directory, renamed to ``step_N`` when complete;
+        then the ``latest`` pointer moves and older checkpoints beyond ``keep`` are deleted."""
+        final = self.checkpoint_dir(step)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        try:
+            write(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        atomic_write_text(self.root / "checkpoints" / "latest", final.name)
+        done = sorted(p for p in final.parent.glob("step_*") if p.is_dir())
+        for old in done[:-keep]:
+            if old.name not in protect:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def latest_checkpoint(self) -> Path | None:
+        pointer = self.root / "checkpoints" / "latest"
+        if not pointer.exists():
+            return None
+        path = self.root / "checkpoints" / pointer.read_text().strip()
+        return path if path.is_dir() else None
+
+    def mark_best(self, step: int) -> None:
+        atomic_write_text(self.root / "checkpoints" / "best", self.checkpoint_dir(step).name)
+
+    def best_checkpoint(self) -> Path | None:
+        pointer = self.root / "checkpoints" / "best"
+        return self.root / "checkpoints" / pointer.read_text().strip() if pointer.exists() else None
+
+
+def new_run_dir(base: str | Path, name: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(base) / f"{name}-{stamp}"
+    i = 1
+    while path.exists():
+        path = Path(base) / f"{name}-{stamp}-{i}"
+        i += 1
+    return path
