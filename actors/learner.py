@@ -53,6 +53,44 @@ class Sample:
     sampler_logprobs: list[float] | None = None
 
 
+def completion_logprobs(model, samples: list[Sample], pad_id: int, device: str = "cpu"):
+    """Log-probs of each completion token [S, T] and the completion mask [S, T].
+
+    Each distinct prompt is run once (with gradients); its KV cache is indexed out to its
+    samples, which are then run on top of it. The gradient through the shared prompt is the
+    sum over its samples, exactly as if each sample had been run in full.
+    """
+    prompts, row_of = [], []
+    for smp in samples:
+        if not prompts or prompts[-1] != smp.prompt_ids:
+            prompts.append(smp.prompt_ids)
+        row_of.append(len(prompts) - 1)
+    prompt, prompt_mask = (t.to(device) for t in left_pad(prompts, pad_id))
+    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=prompt, attention_mask=prompt_mask, position_ids=positions,
+                use_cache=True, logits_to_keep=1)
+    rows = torch.tensor(row_of, device=device)
+    first_logits = out.logits[:, -1][rows]                       # predicts completion token 0
+    t = max(len(s.token_ids) for s in samples)
+    comp = torch.full((len(samples), t), pad_id, dtype=torch.long)
+    comp_mask = torch.zeros((len(samples), t), dtype=torch.long)
+    for i, s in enumerate(samples):
+        comp[i, :len(s.token_ids)] = torch.tensor(s.token_ids)
+        comp_mask[i, :len(s.token_ids)] = 1
+    comp, comp_mask = comp.to(device), comp_mask.to(device)
+    logits = [first_logits[:, None]]
+    if t > 1:
+        cache = out.past_key_values
+        cache.batch_select_indices(rows)
+        mask = torch.cat([prompt_mask[rows], comp_mask[:, :-1]], 1)
+        pos = positions[rows, -1:] + 1 + torch.arange(t - 1, device=device)
+        logits.append(model(input_ids=comp[:, :-1], attention_mask=mask, position_ids=pos,
+                            past_key_values=cache, use_cache=True).logits)
+    logits = torch.cat(logits, 1).float()
+    logp = torch.log_softmax(logits, -1).gather(-1, comp[..., None]).squeeze(-1)
+    return logp, comp_mask.float()
+
+
 class Learner:
     def __init__(self, settings: LearnerSettings):
         from actors.model_loading import load_causal_lm
@@ -94,44 +132,6 @@ class Learner:
             current = trial
         return batches + ([current] if current else [])
 
-    def completion_logprobs(self, model, samples: list[Sample]):
-        """Log-probs of each completion token [S, T] and the completion mask [S, T].
-
-        Each distinct prompt is run once (with gradients); its KV cache is indexed out to its
-        samples, which are then run on top of it. The gradient through the shared prompt is the
-        sum over its samples, exactly as if each sample had been run in full.
-        """
-        device = self.s.device
-        prompts, row_of = [], []
-        for smp in samples:
-            if not prompts or prompts[-1] != smp.prompt_ids:
-                prompts.append(smp.prompt_ids)
-            row_of.append(len(prompts) - 1)
-        prompt, prompt_mask = (t.to(device) for t in left_pad(prompts, self.pad_id))
-        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=prompt, attention_mask=prompt_mask, position_ids=positions,
-                    use_cache=True, logits_to_keep=1)
-        rows = torch.tensor(row_of, device=device)
-        first_logits = out.logits[:, -1][rows]                       # predicts completion token 0
-        t = max(len(s.token_ids) for s in samples)
-        comp = torch.full((len(samples), t), self.pad_id, dtype=torch.long)
-        comp_mask = torch.zeros((len(samples), t), dtype=torch.long)
-        for i, s in enumerate(samples):
-            comp[i, :len(s.token_ids)] = torch.tensor(s.token_ids)
-            comp_mask[i, :len(s.token_ids)] = 1
-        comp, comp_mask = comp.to(device), comp_mask.to(device)
-        logits = [first_logits[:, None]]
-        if t > 1:
-            cache = out.past_key_values
-            cache.batch_select_indices(rows)
-            mask = torch.cat([prompt_mask[rows], comp_mask[:, :-1]], 1)
-            pos = positions[rows, -1:] + 1 + torch.arange(t - 1, device=device)
-            logits.append(model(input_ids=comp[:, :-1], attention_mask=mask, position_ids=pos,
-                                past_key_values=cache, use_cache=True).logits)
-        logits = torch.cat(logits, 1).float()
-        logp = torch.log_softmax(logits, -1).gather(-1, comp[..., None]).squeeze(-1)
-        return logp, comp_mask.float()
-
     def train_step(self, samples: list[Sample]) -> dict[str, float]:
         """One optimizer step on ``samples``; returns the step's metrics."""
         if not samples:
@@ -146,13 +146,13 @@ class Learner:
             if self.s.autocast == "bf16" else nullcontext()
         for mb in self.micro_batches(samples):
             with autocast:
-                logp, mask = self.completion_logprobs(self.model, mb)
+                logp, mask = completion_logprobs(self.model, mb, self.pad_id, self.s.device)
             adv = torch.tensor([s.advantage for s in mb], dtype=torch.float32, device=logp.device)
             per_token = policy_loss(logp, logp.detach(), adv, clip_low=self.s.clip_low,
                                     clip_high=self.s.clip_high)
             if self.ref is not None:
                 with torch.no_grad(), autocast:
-                    ref_logp, _ = self.completion_logprobs(self.ref, mb)
+                    ref_logp, _ = completion_logprobs(self.ref, mb, self.pad_id, self.s.device)
                 kl = grpo.KL_ESTIMATORS[self.s.kl_estimator](logp, ref_logp)
                 per_token = per_token + self.s.kl_coef * kl
                 stats["kl"] += float(aggregate(kl.detach(), mask, total_tokens, total_seqs))

@@ -109,7 +109,11 @@ class VLLMBackend:
     """vLLM's offline engine; weights are replaced in place through a worker extension."""
 
     def __init__(self, s: SamplerSettings):
-        import vllm  # noqa: F401  (GPU extra: pip install -e .[gpu])
+        try:
+            import vllm
+        except ImportError as e:
+            raise ImportError("sampler.backend 'vllm' needs the vllm package, a GPU extra: "
+                              "pip install -e '.[gpu]'") from e
         from actors.model_loading import resolve_model
         self.llm = vllm.LLM(model=resolve_model(s.model), dtype=s.dtype,
                             tensor_parallel_size=s.tensor_parallel_size,

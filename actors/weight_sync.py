@@ -15,6 +15,9 @@ import numpy as np
 import torch
 
 
+ALIGN = 16
+
+
 @dataclass
 class PackedWeights:
     version: int
@@ -29,15 +32,18 @@ class PackedWeights:
 def pack_state(named_tensors, version: int, dtype: torch.dtype | None = None) -> PackedWeights:
     """Copy tensors (optionally cast to ``dtype``) into one byte buffer."""
     tensors = [(name, t.detach().to(dtype) if dtype else t.detach()) for name, t in named_tensors]
-    total = sum(t.numel() * t.element_size() for _, t in tensors)
-    buffer = np.empty(total, dtype=np.uint8)
+    offsets, offset = [], 0
+    for _, t in tensors:
+        offset = -(-offset // ALIGN) * ALIGN        # each view must start at a multiple of its itemsize
+        offsets.append(offset)
+        offset += t.numel() * t.element_size()
+    buffer = np.empty(offset, dtype=np.uint8)
     flat = torch.from_numpy(buffer)
-    index, offset = [], 0
-    for name, t in tensors:
+    index = []
+    for (name, t), offset in zip(tensors, offsets):
         size = t.numel() * t.element_size()
         flat[offset:offset + size].view(t.dtype).copy_(t.reshape(-1).cpu())
         index.append((name, str(t.dtype).removeprefix("torch."), tuple(t.shape), offset))
-        offset += size
     return PackedWeights(version, buffer, index)
 
 
@@ -62,5 +68,8 @@ def load_packed(module: torch.nn.Module, packed: PackedWeights) -> int:
         raise KeyError(f"weights for unknown parameters: {missing[:5]}")
     with torch.no_grad():
         for name, view in unpack_views(packed):
+            if params[name].shape != view.shape:
+                raise ValueError(f"weights for {name}: shape {tuple(view.shape)} does not match "
+                                 f"{tuple(params[name].shape)}")
             params[name].copy_(view)
     return packed.nbytes

@@ -26,11 +26,15 @@ def last_boxed(text: str) -> Optional[str]:
 def normalize_number(s: str) -> str:
     """'1,234' → '1234', '12.0' → '12', '-0' → '0'; anything else stripped unchanged."""
     s = s.strip().replace(",", "")
+    if re.fullmatch(r"-?\d+", s):
+        return str(int(s))                 # exact for integers of any size
+    if re.fullmatch(r"-?\d+\.0*", s):
+        return str(int(s.split(".")[0]))
     try:
         value = float(s)
     except ValueError:
         return s
-    return str(int(value)) if value.is_integer() else repr(value)
+    return repr(value)
 
 
 def extract_answer(text: str, finished: bool = True, rule: Extraction = "boxed_or_last_number",

@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="bench-results", help="directory for the JSON result")
     bench.add_argument("--model", default="smollm2-135m-instruct")
     bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--samplers", type=int, default=1, help="sampler actors to sync (weight-sync)")
     bench.set_defaults(fn=cmd_bench)
     return p
 

@@ -198,6 +198,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Any:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
     for assignment in overrides:
         apply_override(raw, assignment)
     return parse_config(raw, str(path))

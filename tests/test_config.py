@@ -164,9 +164,6 @@ def test_top_level_must_be_a_mapping(tmp_path):
         load_config(write(tmp_path, "- a\n- b\n"))
 
 
-@pytest.mark.xfail(strict=True, raises=(AttributeError, TypeError), reason="load_config applies --set overrides before checking that the YAML's "
-                                       "top level is a mapping: a list/scalar file plus an override raises "
-                                       "AttributeError/TypeError instead of ConfigError")
 @pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n"])
 @pytest.mark.parametrize("override", ["train.steps=3", "name=x"])
 def test_top_level_not_a_mapping_with_overrides(tmp_path, text, override):

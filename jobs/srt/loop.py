@@ -59,6 +59,46 @@ class LoopState:
     stopped: Optional[str] = None
 
 
+@dataclass
+class ScoredGroup:
+    task: dict
+    completions: list[Completion]
+    answers: list[Optional[str]]
+    rewards: list[float]
+    majority: Optional[str]
+    share: float
+    skipped: bool
+    advantages: Optional[list[float]] = None     # set when the group is trained on
+
+    def rows(self, step: int) -> list[dict]:
+        """One row per sample for ``samples/``."""
+        return [{"step": step, "prompt_id": self.task["id"], "prompt": self.task["prompt"], "sample": j,
+                 "text": c.text, "answer": self.answers[j], "finished": c.finished,
+                 "n_tokens": len(c.token_ids), "reward": self.rewards[j],
+                 "advantage": self.advantages[j] if self.advantages else 0.0,
+                 "trained": self.advantages is not None, "majority": self.majority,
+                 "policy_version": c.policy_version} for j, c in enumerate(self.completions)]
+
+
+def step_metrics(scored: list[ScoredGroup], equal) -> dict[str, float]:
+    completions = [c for g in scored for c in g.completions]
+    answers = [a for g in scored for a in g.answers]
+    rewards = [r for g in scored for r in g.rewards]
+    values = {
+        "train/pseudo_reward": sum(rewards) / len(rewards),
+        "train/majority_agreement": sum(g.share for g in scored) / len(scored),
+        "train/answered": sum(a is not None for a in answers) / len(answers),
+        "train/finished": sum(c.finished for c in completions) / len(completions),
+        "train/mean_tokens": sum(len(c.token_ids) for c in completions) / len(completions),
+        "collapse/top_answer_share": top_answer_share([g.majority for g in scored]),
+    }
+    labelled = [g for g in scored if g.task["answer"] is not None]
+    if labelled:  # monitoring only: labels never reach the reward unless reward.kind is ground_truth
+        truth = [x for g in labelled for x in ground_truth_rewards(g.answers, g.task["answer"], equal)]
+        values["train/true_reward"] = sum(truth) / len(truth)
+    return values
+
+
 class SRTLoop:
     def __init__(self, cfg, roles: Roles, store: RunStore, progress: StepProgress, metrics_sink):
         self.cfg, self.roles, self.store, self.progress = cfg, roles, store, progress
@@ -159,88 +199,59 @@ class SRTLoop:
 
     # --- one training step ------------------------------------------------------------------------
 
-    def rewards_for(self, task: dict, answers: list[Optional[str]]):
-        """(rewards, majority, share, skipped) for one prompt's samples, by the configured kind."""
+    def score(self, task: dict, group: list[Completion]) -> "ScoredGroup":
+        """One prompt's samples → answers and rewards, by the configured reward kind."""
         r = self.cfg.reward
+        answers = [self.answer(c) for c in group]
         vote = majority_vote(answers, self.equal, r.soft, r.self_consistency_threshold)
-        if r.kind == "majority_vote":
-            return vote.rewards, vote.majority, vote.share, vote.skipped
-        label = task["answer"] if r.kind == "ground_truth" else self.labels.get(task["id"])
-        if label is None:
-            return [0.0] * len(answers), vote.majority, vote.share, True
-        return ground_truth_rewards(answers, label, self.equal), vote.majority, vote.share, False
+        rewards, skipped = vote.rewards, vote.skipped
+        if r.kind != "majority_vote":
+            label = task["answer"] if r.kind == "ground_truth" else self.labels.get(task["id"])
+            rewards = ground_truth_rewards(answers, label, self.equal) if label else [0.0] * len(group)
+            skipped = label is None
+        return ScoredGroup(task, group, answers, rewards, vote.majority, vote.share, skipped)
+
+    def trainable(self, scored: list["ScoredGroup"]) -> list[int]:
+        """Groups that carry a learning signal (and pass the in-batch curriculum)."""
+        keep = range(len(scored))
+        if self.cfg.curriculum.mode == "in_batch":
+            keep = in_batch_keep([g.share for g in scored], self.cfg.curriculum.keep_fraction)
+        uniform = lambda g: self.cfg.train.skip_uniform_groups and len(set(g.rewards)) == 1
+        return [i for i in keep if not scored[i].skipped and not uniform(scored[i])]
 
     def train_step(self, step: int) -> dict[str, float]:
+        import ray
         cfg = self.cfg
         tasks = self.batch_for(step)
         t0 = time.perf_counter()
-        groups = self.votes(tasks, cfg.sampling.n, cfg.sampling.temperature, seed=cfg.train.seed * 1_000_003 + step)
+        groups = self.votes(tasks, cfg.sampling.n, cfg.sampling.temperature,
+                            seed=cfg.train.seed * 1_000_003 + step)
         t_gen = time.perf_counter() - t0
-        scored = []
-        for task, group in zip(tasks, groups):
-            answers = [self.answer(c) for c in group]
-            rewards, majority, share, skipped = self.rewards_for(task, answers)
-            scored.append((task, group, answers, rewards, majority, share, skipped))
-        keep = range(len(scored))
-        if cfg.curriculum.mode == "in_batch":
-            keep = in_batch_keep([s[5] for s in scored], cfg.curriculum.keep_fraction)
-        samples, rows, group_ids, flat_rewards, used = [], [], [], [], []
-        for gi in keep:
-            task, group, answers, rewards, majority, share, skipped = scored[gi]
-            if skipped or (cfg.train.skip_uniform_groups and len(set(rewards)) == 1):
-                continue
-            used.append(gi)
-            group_ids += [gi] * len(group)
-            flat_rewards += rewards
-        advantages = group_advantages(torch.tensor(flat_rewards), group_ids, cfg.learner.advantage) \
-            if flat_rewards else torch.zeros(0)
-        adv_of = {}
-        i = 0
-        for gi in used:
-            for j in range(len(scored[gi][1])):
-                adv_of[(gi, j)] = float(advantages[i])
-                i += 1
-        for gi, (task, group, answers, rewards, majority, share, skipped) in enumerate(scored):
-            for j, c in enumerate(group):
-                a = adv_of.get((gi, j))
-                if a is not None:
-                    samples.append(Sample(c.prompt_ids, c.token_ids, a, c.logprobs))
-                rows.append({"step": step, "prompt_id": task["id"], "prompt": task["prompt"],
-                             "sample": j, "text": c.text, "answer": answers[j], "finished": c.finished,
-                             "n_tokens": len(c.token_ids), "reward": rewards[j],
-                             "advantage": 0.0 if a is None else a, "trained": a is not None,
-                             "majority": majority, "policy_version": c.policy_version})
+        scored = [self.score(task, group) for task, group in zip(tasks, groups)]
+        used = self.trainable(scored)
+        for i in used:
+            scored[i].advantages = group_advantages(torch.tensor(scored[i].rewards), [0] * len(scored[i].rewards),
+                                                    cfg.learner.advantage).tolist()
+        samples = [Sample(c.prompt_ids, c.token_ids, a, c.logprobs)
+                   for i in used for c, a in zip(scored[i].completions, scored[i].advantages)]
         t1 = time.perf_counter()
-        import ray
         learner_stats = ray.get(self.roles.learner.train_step.remote(samples)) if samples else {}
         t_train = time.perf_counter() - t1
         sync = self.roles.sync_weights() if samples else {}
-        self.store.write_samples(step, rows)
-        majorities = [s[4] for s in scored]
-        all_rewards = [r for s in scored for r in s[3]]
-        truth = [ground_truth_rewards(s[2], s[0]["answer"], self.equal) if s[0]["answer"] else [] for s in scored]
-        truth_flat = [x for t in truth for x in t]
-        values = {
-            "train/pseudo_reward": sum(all_rewards) / len(all_rewards),
-            "train/majority_agreement": sum(s[5] for s in scored) / len(scored),
-            "train/answered": sum(a is not None for s in scored for a in s[2]) / len(all_rewards),
-            "train/finished": sum(c.finished for g in groups for c in g) / len(all_rewards),
-            "train/mean_tokens": sum(len(c.token_ids) for g in groups for c in g) / len(all_rewards),
-            "train/groups_trained": float(len(used)),
-            "collapse/top_answer_share": top_answer_share(majorities),
-            "time/gen_s": t_gen, "time/train_s": t_train,
-        }
-        if truth_flat:  # monitoring only: labels never reach the reward unless kind=ground_truth
-            values["train/true_reward"] = sum(truth_flat) / len(truth_flat)
+        self.store.write_samples(step, [row for g in scored for row in g.rows(step)])
+        values = step_metrics(scored, self.equal)
+        values.update({"train/groups_trained": float(len(used)), "time/gen_s": t_gen, "time/train_s": t_train})
         values.update({f"train/{k}": v for k, v in learner_stats.items()})
         values.update(sync)
-        reason = self.collapse.observe_train(values["train/pseudo_reward"], majorities)
-        if reason and not self.collapse.fired:
-            self.collapse.fired = True
-            self.on_collapse(step, reason)
+        majorities = [g.majority for g in scored]
+        self.check_collapse(step, self.collapse.observe_train(values["train/pseudo_reward"], majorities))
         return values
 
-    def on_collapse(self, step: int, reason: str) -> None:
+    def check_collapse(self, step: int, reason: Optional[str]) -> None:
+        """The first time the detector fires: an event, a note, and a stop if configured."""
+        if not reason or self.collapse.fired or not self.cfg.collapse.enabled:
+            return
+        self.collapse.fired = True
         self.store.event("collapse_detected", step, reason=reason)
         self.progress.note(f"[red]collapse detected at step {step}: {reason}")
         if self.cfg.collapse.stop:
@@ -326,10 +337,7 @@ class SRTLoop:
         self.store.event("run_finished", self.state.step, stopped=self.state.stopped)
 
     def after_eval(self, step: int, ev: dict[str, float]) -> None:
-        reason = self.collapse.observe_heldout(ev["heldout/pass@1"])
-        if reason and not self.collapse.fired:
-            self.collapse.fired = True
-            self.on_collapse(step, reason)
+        self.check_collapse(step, self.collapse.observe_heldout(ev["heldout/pass@1"]))
         metric = self.cfg.early_stopping.metric
         if metric not in ev:
             return
