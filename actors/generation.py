@@ -7,6 +7,7 @@ distribution, which is what the learner needs as π_old.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,11 @@ class SampledBatch:
     token_ids: list[list[int]]       # completion tokens, the EOS included when it was produced
     logprobs: list[list[float]]      # one per completion token
     finished: list[bool]             # True when EOS ended the completion within the token limit
+
+
+def cache_kwarg(model) -> str:
+    """transformers renamed ``past_key_values`` to ``cache`` (5.x); use whichever forward takes."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,7 +84,7 @@ def generate_groups(model, prompts: list[list[int]], n: int, max_new_tokens: int
             break
         mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=1)
         out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos,
-                    past_key_values=cache, use_cache=True)
+                    use_cache=True, **{cache_kwarg(model): cache})
         cache, logits, next_pos = out.past_key_values, out.logits[:, -1], next_pos + 1
     token_mat = torch.stack(tokens_out, 1).tolist()
     logp_mat = torch.stack(logps_out, 1).tolist()

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from actors import grpo
-from actors.generation import left_pad
+from actors.generation import cache_kwarg, left_pad
 from actors.weight_sync import pack_state
 
 
@@ -85,7 +85,7 @@ def completion_logprobs(model, samples: list[Sample], pad_id: int, device: str =
         mask = torch.cat([prompt_mask[rows], comp_mask[:, :-1]], 1)
         pos = positions[rows, -1:] + 1 + torch.arange(t - 1, device=device)
         logits.append(model(input_ids=comp[:, :-1], attention_mask=mask, position_ids=pos,
-                            past_key_values=cache, use_cache=True).logits)
+                            use_cache=True, **{cache_kwarg(model): cache}).logits)
     logits = torch.cat(logits, 1).float()
     logp = torch.log_softmax(logits, -1).gather(-1, comp[..., None]).squeeze(-1)
     return logp, comp_mask.float()

@@ -77,6 +77,9 @@ def convert_gguf(gguf: Path, target: Path) -> None:
 def load_causal_lm(name: str, dtype: str = "float32", device: str = "cpu"):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar per actor per load is noise in the job's log
 
     path = resolve_model(name)
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -29,7 +29,7 @@ def bench_weight_sync(args) -> int:
     from services.controller import Roles, start_ray
 
     console = Console()
-    start_ray(None, None, False)
+    start_ray(None, None, None)
     samplers = [ray.remote(Sampler).options(num_cpus=0.5).remote(SamplerSettings(args.model))
                 for _ in range(args.samplers)]
     learner = ray.remote(Learner).options(num_cpus=0.5).remote(LearnerSettings(args.model))

@@ -9,7 +9,6 @@ from services.config import ConfigError, dump_config, load_config, parse_config
 
 
 def _run_job(cfg, run_dir: Path, resume: bool) -> Path:
-    import yaml
     from jobs.srt.loop import SRTLoop
     from services.controller import start_ray, start_roles
     from services.metrics import RayMetrics

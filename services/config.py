@@ -130,7 +130,7 @@ class TrainConfig(Strict):
 class RayConfig(Strict):
     address: Optional[str] = None
     num_cpus: Optional[int] = None
-    include_dashboard: bool = False
+    include_dashboard: Optional[bool] = None   # None: Ray decides (on when ray[default] is installed)
 
 
 class SRTConfig(Strict):

@@ -10,7 +10,7 @@ from actors.learner import Learner, LearnerSettings
 from actors.sampler import Completion, Sampler, SamplerSettings, SamplingParams
 
 
-def start_ray(address: str | None, num_cpus: int | None, include_dashboard: bool) -> None:
+def start_ray(address: str | None, num_cpus: int | None, include_dashboard: bool | None) -> None:
     import ray
     if ray.is_initialized():
         return

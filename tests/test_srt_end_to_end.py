@@ -80,3 +80,21 @@ def test_killed_run_resumes_with_continuous_metrics(tmp_path):
     events = (run_dir / "events.jsonl").read_text()
     assert '"event": "resumed"' in events
     assert not list((run_dir / "checkpoints").glob(".step_*")), "a temporary checkpoint was left behind"
+
+
+def test_offline_labels_and_curriculum(tmp_path):
+    """Mitigations (ii) and (iii): base-model votes stored in Parquet, then RL against them on the
+    easiest half of the prompts; the in-batch curriculum in the same run."""
+    run_dir = tmp_path / "run"
+    proc = evoray("run", str(SMOKE), "--run-dir", str(run_dir), "--set", "train.steps=1",
+                  "--set", "reward.kind=offline_labels", "--set", "reward.offline_rollouts=4",
+                  "--set", "curriculum.mode=offline", "--set", "curriculum.keep_fraction=0.5",
+                  "--set", "curriculum.rollouts=4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    votes = pq.read_table(run_dir / "base_votes.parquet").to_pylist()
+    assert len(votes) == 8 and {"id", "label", "share", "rollouts"} <= set(votes[0])
+    kept = sorted(votes, key=lambda r: (-r["share"], r["id"]))[:4]
+    trained_on = {r["prompt_id"] for r in pq.read_table(run_dir / "samples" / "train_step000001.parquet").to_pylist()}
+    assert trained_on <= {r["id"] for r in kept}
+    events = [line for line in (run_dir / "events.jsonl").read_text().splitlines() if "base_votes" in line]
+    assert events and '"kept": 4' in events[0]

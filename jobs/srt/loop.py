@@ -124,7 +124,8 @@ class SRTLoop:
 
     def batch_for(self, step: int) -> list[dict]:
         """The step's prompts: epochs over the training tasks, each in a seeded shuffled order."""
-        pool = [t for t in self.splits.train if t["id"] in set(self.state.train_ids)]
+        keep = set(self.state.train_ids)
+        pool = [t for t in self.splits.train if t["id"] in keep]
         k = self.cfg.train.prompts_per_step
         first = (step - 1) * k
         batch = []
@@ -135,12 +136,11 @@ class SRTLoop:
             batch.append(pool[order[pos]])
         return batch
 
-    def votes(self, tasks: list[dict], n: int, temperature: float, seed: int):
+    def sample_groups(self, tasks: list[dict], n: int, temperature: float, seed: int):
         params = SamplingParams(n=n, temperature=temperature, top_p=self.cfg.sampling.top_p,
                                 max_new_tokens=self.cfg.sampling.max_new_tokens, seed=seed)
         completions = self.roles.generate([t["prompt"] for t in tasks], params)
-        groups = [completions[i * n:(i + 1) * n] for i in range(len(tasks))]
-        return groups
+        return [completions[i * n:(i + 1) * n] for i in range(len(tasks))]
 
     # --- evaluation -------------------------------------------------------------------------------
 
@@ -148,21 +148,21 @@ class SRTLoop:
         """pass@1 and maj@n on the held-out split (and pass@1 on the validation split). A reply cut
         off by the token limit is never an answer here, whatever the training reward's rule."""
         e = self.cfg.eval
+        splits = {"heldout": self.splits.heldout, "val": self.splits.val}
+        tasks = [t for split in splits.values() for t in split]     # one sampling call for both
+        groups = iter(self.sample_groups(tasks, e.n, e.temperature, seed=10_000_000 + step))
         out = {}
-        for split, tasks in (("heldout", self.splits.heldout), ("val", self.splits.val)):
-            if not tasks:
-                continue
-            groups = self.votes(tasks, e.n, e.temperature, seed=10_000_000 + step)
+        for split, split_tasks in splits.items():
             correct, majority_correct = 0.0, 0.0
-            for task, group in zip(tasks, groups):
+            for task, group in zip(split_tasks, groups):
                 answers = [self.answer(c, require_finished=True) for c in group]
                 correct += sum(ground_truth_rewards(answers, task["answer"], self.equal))
-                vote = majority_vote(answers, self.equal)
-                majority_correct += float(vote.majority is not None and
-                                          ground_truth_rewards([vote.majority], task["answer"], self.equal)[0] == 1)
-            out[f"{split}/pass@1"] = correct / (len(tasks) * e.n)
-            if split == "heldout":
-                out[f"heldout/maj@{e.n}"] = majority_correct / len(tasks)
+                majority = majority_vote(answers, self.equal).majority
+                majority_correct += ground_truth_rewards([majority], task["answer"], self.equal)[0]
+            if split_tasks:
+                out[f"{split}/pass@1"] = correct / (len(split_tasks) * e.n)
+                if split == "heldout":
+                    out[f"heldout/maj@{e.n}"] = majority_correct / len(split_tasks)
         return out
 
     # --- the mitigations' one-off preparation -----------------------------------------------------
@@ -177,7 +177,7 @@ class SRTLoop:
             return
         k = max(self.cfg.reward.offline_rollouts if need_labels else 0,
                 self.cfg.curriculum.rollouts if need_rank else 0)
-        groups = self.votes(self.splits.train, k, self.cfg.sampling.temperature, seed=20_000_000)
+        groups = self.sample_groups(self.splits.train, k, self.cfg.sampling.temperature, seed=20_000_000)
         rows = []
         for task, group in zip(self.splits.train, groups):
             vote = majority_vote([self.answer(c) for c in group], self.equal)
@@ -224,7 +224,7 @@ class SRTLoop:
         cfg = self.cfg
         tasks = self.batch_for(step)
         t0 = time.perf_counter()
-        groups = self.votes(tasks, cfg.sampling.n, cfg.sampling.temperature,
+        groups = self.sample_groups(tasks, cfg.sampling.n, cfg.sampling.temperature,
                             seed=cfg.train.seed * 1_000_003 + step)
         t_gen = time.perf_counter() - t0
         scored = [self.score(task, group) for task, group in zip(tasks, groups)]
