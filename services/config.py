@@ -108,6 +108,7 @@ class CollapseConfig(Strict):
     window: int = Field(5, ge=2, description="steps over which the pseudo-reward rise is measured")
     reward_rise: float = 0.15
     dominance: float = Field(0.5, gt=0, le=1, description="share of prompts with one same majority answer")
+    echo: float = Field(0.75, gt=0, le=1, description="share of prompts whose majority answer is copied from the prompt")
     heldout_drop: float = Field(0.15, gt=0)
     stop: bool = False
 

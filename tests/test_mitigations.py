@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.srt.mitigations import (CollapseDetector, EarlyStopping, easiest_fraction, in_batch_keep,
+from jobs.srt.mitigations import (prompt_echo_share, CollapseDetector, EarlyStopping, easiest_fraction, in_batch_keep,
                                   top_answer_share)
 
 # --- EarlyStopping -----------------------------------------------------------------------------
@@ -139,3 +139,29 @@ def test_in_batch_keep_returns_sorted_indices():
     assert in_batch_keep([0.3], 0.2) == [0]
     assert in_batch_keep(shares, 1.0) == [0, 1, 2, 3, 4, 5]
     assert in_batch_keep([0.5, 0.5, 0.5], 0.34) == [0]               # 1.02 → 1; all tied → first
+
+
+# --- prompt echo: agreement bought by copying a number from the question ---------------------------
+
+def test_prompt_echo_share_counts_copied_answers():
+    prompts = ["What is 3 + 7?", "What is 12 + 5?", "What is 4 + 4?", "What is 2 + 9?"]
+    # '3' is in prompt 0; '1' is NOT a whole number of prompt 1 ('12'); '4' is in prompt 2; None skipped
+    # → 2 echoed of 3 prompts with a majority
+    assert prompt_echo_share(["3", "1", "4", None], prompts) == pytest.approx(2 / 3)
+    assert prompt_echo_share([None, None], prompts[:2]) == 0.0
+    assert prompt_echo_share(["10", "17"], ["What is 3 + 7?", "What is 12 + 5?"]) == 0.0
+    assert prompt_echo_share(["2"], ["What is 2.5 + 1?"]) == 0.0   # '2' inside '2.5' is not copied
+
+
+def test_detector_fires_on_echo_only_with_a_reward_rise():
+    d = CollapseDetector(window=3, reward_rise=0.3, dominance=0.9, heldout_drop=0.5, echo=0.75)
+    prompts = ["What is 1 + 2?", "What is 3 + 4?", "What is 5 + 6?", "What is 7 + 8?"]
+    echoed = ["1", "3", "5", "7"]                 # every majority copies the first operand: echo 1.0
+    assert d.observe_train(0.3, echoed, prompts) is None          # no rise yet (0.3 − min 0.3 = 0)
+    assert d.observe_train(0.5, echoed, prompts) is None          # rise 0.2 < 0.3
+    msg = d.observe_train(0.8, echoed, prompts)                   # rise 0.8 − 0.3 = 0.5 ≥ 0.3
+    assert msg is not None and "copied from the question for 100%" in msg
+    d2 = CollapseDetector(window=3, reward_rise=0.3, dominance=0.9, heldout_drop=0.5, echo=0.75)
+    honest = ["3", "7", "11", "15"]               # correct sums: none copied
+    for r in (0.3, 0.5, 0.8):
+        assert d2.observe_train(r, honest, prompts) is None

@@ -22,7 +22,7 @@ from actors.sampler import Completion, SamplingParams
 from jobs.data import arithmetic_tasks, load_tasks
 from jobs.rewards import EQUIVALENCES, extract_answer, ground_truth_rewards, majority_vote
 from jobs.srt.mitigations import (CollapseDetector, EarlyStopping, easiest_fraction, in_batch_keep,
-                                  top_answer_share)
+                                  prompt_echo_share, top_answer_share)
 from services.controller import Roles
 from services.progress import StepProgress
 from services.run_store import RunStore, atomic_write
@@ -91,6 +91,8 @@ def step_metrics(scored: list[ScoredGroup], equal) -> dict[str, float]:
         "train/finished": sum(c.finished for c in completions) / len(completions),
         "train/mean_tokens": sum(len(c.token_ids) for c in completions) / len(completions),
         "collapse/top_answer_share": top_answer_share([g.majority for g in scored]),
+        "collapse/prompt_echo_share": prompt_echo_share([g.majority for g in scored],
+                                                        [g.task["prompt"] for g in scored]),
     }
     labelled = [g for g in scored if g.task["answer"] is not None]
     if labelled:  # monitoring only: labels never reach the reward unless reward.kind is ground_truth
@@ -107,7 +109,7 @@ class SRTLoop:
         self.equal = EQUIVALENCES[cfg.reward.equivalence]
         self.early = EarlyStopping(cfg.early_stopping.patience, cfg.early_stopping.min_delta)
         c = cfg.collapse
-        self.collapse = CollapseDetector(c.window, c.reward_rise, c.dominance, c.heldout_drop)
+        self.collapse = CollapseDetector(c.window, c.reward_rise, c.dominance, c.heldout_drop, c.echo)
         self.labels: dict[str, str] = {}      # offline pseudo-labels by task id
         self.state = LoopState()
 
@@ -243,8 +245,8 @@ class SRTLoop:
         values.update({"train/groups_trained": float(len(used)), "time/gen_s": t_gen, "time/train_s": t_train})
         values.update({f"train/{k}": v for k, v in learner_stats.items()})
         values.update(sync)
-        majorities = [g.majority for g in scored]
-        self.check_collapse(step, self.collapse.observe_train(values["train/pseudo_reward"], majorities))
+        majorities, prompts = [g.majority for g in scored], [g.task["prompt"] for g in scored]
+        self.check_collapse(step, self.collapse.observe_train(values["train/pseudo_reward"], majorities, prompts))
         return values
 
     def check_collapse(self, step: int, reason: Optional[str]) -> None:

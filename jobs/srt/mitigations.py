@@ -4,6 +4,7 @@ All pure logic; the driver loop (``jobs/srt/loop.py``) decides when to call them
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Optional
@@ -39,27 +40,45 @@ def top_answer_share(majorities: list[Optional[str]]) -> float:
     return Counter(answered).most_common(1)[0][1] / len(answered)
 
 
+def prompt_echo_share(majorities: list[Optional[str]], prompts: list[str]) -> float:
+    """Share of prompts (with a majority) whose majority answer is copied from the prompt itself
+    (e.g. "3 + 7 equals 3"): agreement bought by echoing the question, not by solving it."""
+    pairs = [(m, p) for m, p in zip(majorities, prompts) if m is not None]
+    if not pairs:
+        return 0.0
+    echoed = sum(bool(re.search(rf"(?<![\w.]){re.escape(m)}(?![\w]|\.\d)", p)) for m, p in pairs)
+    return echoed / len(pairs)
+
+
 @dataclass
 class CollapseDetector:
-    """Fires when the pseudo-reward climbs by ``reward_rise`` within ``window`` steps while one
-    answer is the majority for at least ``dominance`` of the prompts, or when held-out pass@1
-    falls more than ``heldout_drop`` below its best."""
+    """Fires when the pseudo-reward climbs by ``reward_rise`` within ``window`` steps while the
+    answers stop depending on the question — one answer is the majority for at least
+    ``dominance`` of the prompts, or the majority answer is copied from the prompt for at least
+    ``echo`` of them — or when held-out pass@1 falls more than ``heldout_drop`` below its best."""
     window: int
     reward_rise: float
     dominance: float
     heldout_drop: float
+    echo: float = 0.75
     rewards: list[float] = field(default_factory=list)
     best_heldout: float = float("-inf")
     fired: bool = False
 
-    def observe_train(self, pseudo_reward: float, majorities: list[Optional[str]]) -> Optional[str]:
+    def observe_train(self, pseudo_reward: float, majorities: list[Optional[str]],
+                      prompts: Optional[list[str]] = None) -> Optional[str]:
         self.rewards = (self.rewards + [pseudo_reward])[-self.window:]
-        share = top_answer_share(majorities)
         rise = pseudo_reward - min(self.rewards)
-        if share >= self.dominance and rise >= self.reward_rise:
+        if rise < self.reward_rise:
+            return None
+        rose = f"pseudo-reward rose {rise:+.2f} within {len(self.rewards)} steps while "
+        share = top_answer_share(majorities)
+        if share >= self.dominance:
             top = Counter(m for m in majorities if m is not None).most_common(1)[0][0]
-            return (f"pseudo-reward rose {rise:+.2f} within {len(self.rewards)} steps while answer "
-                    f"{top!r} is the majority for {share:.0%} of prompts")
+            return rose + f"answer {top!r} is the majority for {share:.0%} of prompts"
+        echo = prompt_echo_share(majorities, prompts) if prompts else 0.0
+        if echo >= self.echo:
+            return rose + f"the majority answer is copied from the question for {echo:.0%} of prompts"
         return None
 
     def observe_heldout(self, pass1: float) -> Optional[str]:
