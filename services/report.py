@@ -19,10 +19,11 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
+
+from services.run_store import atomic_write, atomic_write_text
 
 METRICS_FILE = "metrics.parquet"
 CONFIG_FILE = "config.yaml"
@@ -35,7 +36,7 @@ PASS1 = "heldout/pass@1"
 VAL_PASS1 = "val/pass@1"
 _MAJ_RE = re.compile(r"^heldout/maj@(\d+)$")
 REWARD_METRICS = ("train/pseudo_reward", "train/majority_agreement", "train/true_reward",
-                  "collapse/top_answer_share")
+                  "collapse/top_answer_share", "collapse/prompt_echo_share")
 EVENTS_OF_INTEREST = ("collapse_detected", "early_stop", "best_checkpoint")
 
 Series = list[tuple[int, float]]   # (step, value), sorted by step, one value per step
@@ -160,31 +161,6 @@ def load_run(run_dir: str | os.PathLike) -> Run:
 
 
 # --------------------------------------------------------------------------------------------
-# Atomic writes
-# --------------------------------------------------------------------------------------------
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, then os.replace it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-# --------------------------------------------------------------------------------------------
 # Plots
 # --------------------------------------------------------------------------------------------
 
@@ -197,7 +173,7 @@ def _new_figure(figsize):
 
 
 def _save_png(fig, path: Path) -> None:
-    _atomic_write(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight", pad_inches=0.12))
+    atomic_write(path, lambda p: fig.savefig(p, format="png", bbox_inches="tight", pad_inches=0.12))
 
 
 def _xy(series: Series):
@@ -279,7 +255,8 @@ def plot_training(run: Run, path: Path) -> bool:
               "train/majority_agreement": dict(color="tab:orange", linewidth=1.6),
               "train/true_reward": dict(color="tab:green", linewidth=1.6, linestyle="--"),
               "collapse/top_answer_share": dict(color="tab:red", linewidth=1.0, linestyle="-.",
-                                                alpha=0.7)}
+                                                alpha=0.7),
+              "collapse/prompt_echo_share": dict(color="tab:purple", linewidth=1.0, linestyle=":")}
     i = 0
     if rewards:
         ax = axes[i]
@@ -483,5 +460,5 @@ def write_report(run_dir: str | os.PathLike, compare: Sequence[str | os.PathLike
     images = {HELDOUT_PNG: plot_heldout(run, others, run.path / HELDOUT_PNG),
               TRAINING_PNG: plot_training(run, run.path / TRAINING_PNG)}
     report = run.path / REPORT_MD
-    _atomic_write_text(report, _markdown(run, others, images))
+    atomic_write_text(report, _markdown(run, others, images))
     return report

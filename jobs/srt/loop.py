@@ -308,8 +308,7 @@ class SRTLoop:
             self.prepare_base_votes()
             self.after_eval(0, base)
             self.checkpoint(0)
-            if self.early.best_step == 0:
-                self.store.mark_best(0)
+            self.keep_if_best(0)
         self.progress.start(cfg.train.steps, start)
         for step in range(start + 1, cfg.train.steps + 1):
             t0 = time.perf_counter()
@@ -325,10 +324,7 @@ class SRTLoop:
             if step % cfg.train.checkpoint_every == 0 or last or self.state.stopped \
                     or self.early.best_step == step:
                 self.checkpoint(step)
-                if self.early.best_step == step:
-                    self.store.mark_best(step)
-                    self.store.event("best_checkpoint", step, value=self.early.best,
-                                     metric=cfg.early_stopping.metric)
+                self.keep_if_best(step)
             if self.state.stopped:
                 self.store.event("early_stop" if not self.state.stopped.startswith("collapse") else "stopped",
                                  step, reason=self.state.stopped)
@@ -337,6 +333,13 @@ class SRTLoop:
         self.progress.stop()
         self.store.flush_metrics()
         self.store.event("run_finished", self.state.step, stopped=self.state.stopped)
+
+    def keep_if_best(self, step: int) -> None:
+        """Point ``checkpoints/best`` at this step's checkpoint if its evaluation is the best yet."""
+        if self.early.best_step == step:
+            self.store.mark_best(step)
+            self.store.event("best_checkpoint", step, value=self.early.best,
+                             metric=self.cfg.early_stopping.metric)
 
     def after_eval(self, step: int, ev: dict[str, float]) -> None:
         self.check_collapse(step, self.collapse.observe_heldout(ev["heldout/pass@1"]))
