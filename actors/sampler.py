@@ -60,10 +60,13 @@ class Sampler:
         return self.version
 
     def encode(self, messages: list[dict]) -> list[int]:
+        tok = self.backend.tokenizer
         if self.settings.system_prompt:
             messages = [{"role": "system", "content": self.settings.system_prompt}] + list(messages)
-        return self.backend.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        if not getattr(tok, "chat_template", None):   # a base model: the prompt text as it is
+            return tok.encode("\n\n".join(m["content"] for m in messages))
+        return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                       return_dict=False)
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
         """``params.n`` completions for each user prompt, grouped by prompt in order."""
