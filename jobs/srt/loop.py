@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from actors.grpo import group_advantages
+from actors.grpo import ADVANTAGE_ESTIMATORS
 from actors.learner import Sample
 from actors.sampler import Completion, SamplingParams
 from jobs.data import arithmetic_tasks, load_tasks
@@ -231,9 +231,9 @@ class SRTLoop:
         t_gen = time.perf_counter() - t0
         scored = [self.score(task, group) for task, group in zip(tasks, groups)]
         used = self.trainable(scored)
-        for i in used:
-            scored[i].advantages = group_advantages(torch.tensor(scored[i].rewards), [0] * len(scored[i].rewards),
-                                                    cfg.learner.advantage).tolist()
+        estimator = ADVANTAGE_ESTIMATORS[cfg.learner.advantage]
+        for i in used:   # each group is one prompt's samples
+            scored[i].advantages = estimator(torch.tensor(scored[i].rewards)).tolist()
         samples = [Sample(c.prompt_ids, c.token_ids, a, c.logprobs)
                    for i in used for c, a in zip(scored[i].completions, scored[i].advantages)]
         t1 = time.perf_counter()
