@@ -227,7 +227,7 @@ class SRTLoop:
         tasks = self.batch_for(step)
         t0 = time.perf_counter()
         groups = self.sample_groups(tasks, cfg.sampling.n, cfg.sampling.temperature,
-                            seed=cfg.train.seed * 1_000_003 + step)
+                                    seed=cfg.train.seed * 1_000_003 + step)
         t_gen = time.perf_counter() - t0
         scored = [self.score(task, group) for task, group in zip(tasks, groups)]
         used = self.trainable(scored)
