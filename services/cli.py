@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from actors.sandbox.types import SandboxError
 from services.config import ConfigError, dump_config, load_config, parse_config
 
 
@@ -72,8 +73,25 @@ def cmd_report(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from services.bench import BENCHMARKS
-    return BENCHMARKS[args.name](args) or 0
+    return args.bench_run(args) or 0
+
+
+def cmd_sandbox_exec(args) -> int:
+    """Run one program in the sandbox and print the contract's JSON; exit 0 whenever the sandbox
+    itself worked, whatever the program did."""
+    import json
+
+    from actors.sandbox import ExecRequest, SandboxLimits, make_sandbox
+    code = Path(args.file).read_text()
+    stdin = Path(args.stdin).read_text() if args.stdin else ""
+    limits = SandboxLimits(timeout_s=args.timeout, memory_mb=args.memory_mb)
+    sandbox = make_sandbox(args.backend, limits)
+    try:
+        result = sandbox.run(ExecRequest.program(code, stdin, limits))
+    finally:
+        sandbox.close()
+    print(json.dumps(result.to_json()))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,12 +110,22 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--compare", action="append", metavar="RUN_DIR", help="overlay another run")
     rep.set_defaults(fn=cmd_report)
     bench = sub.add_parser("bench", help="benchmarks; each prints a table and writes JSON")
-    bench.add_argument("name", choices=["weight-sync"])
-    bench.add_argument("--out", default="bench-results", help="directory for the JSON result")
-    bench.add_argument("--model", default="smollm2-135m-instruct")
-    bench.add_argument("--repeats", type=int, default=5)
-    bench.add_argument("--samplers", type=int, default=1, help="sampler actors to sync (weight-sync)")
-    bench.set_defaults(fn=cmd_bench)
+    names = bench.add_subparsers(dest="name", required=True)
+    from services.bench import BENCHMARKS
+    for name, (help_text, add_args, run_fn) in BENCHMARKS.items():
+        b = names.add_parser(name, help=help_text, conflict_handler="resolve")
+        add_args(b)
+        b.add_argument("--out", default="bench-results", help="directory for the JSON result")
+        b.set_defaults(fn=cmd_bench, bench_run=run_fn)
+    sandbox = sub.add_parser("sandbox", help="isolated code execution")
+    sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)
+    ex = sandbox_sub.add_parser("exec", help="run one Python program in the sandbox; print JSON")
+    ex.add_argument("file")
+    ex.add_argument("--backend", choices=["auto", "docker", "bwrap"], default="auto")
+    ex.add_argument("--timeout", type=float, default=10.0, help="wall-time limit, seconds")
+    ex.add_argument("--memory-mb", type=int, default=512)
+    ex.add_argument("--stdin", metavar="FILE", help="file fed to the program's stdin")
+    ex.set_defaults(fn=cmd_sandbox_exec)
     return p
 
 
@@ -105,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, SandboxError) as e:
         print(f"evoray: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

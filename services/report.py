@@ -454,6 +454,8 @@ def write_report(run_dir: str | os.PathLike, compare: Sequence[str | os.PathLike
     ``run_dir``; return the path of report.md. ``compare``: other run directories whose held-out
     pass@1 is overlaid on heldout.png. Raises ValueError naming the missing file for a run
     (this one or a compared one) without metrics."""
+    if (Path(run_dir) / "archive.parquet").is_file():
+        return _write_dgm_report(Path(run_dir))
     run = load_run(run_dir)
     others = [load_run(p) for p in compare]
     _dedupe_labels([run, *others])
@@ -461,4 +463,13 @@ def write_report(run_dir: str | os.PathLike, compare: Sequence[str | os.PathLike
               TRAINING_PNG: plot_training(run, run.path / TRAINING_PNG)}
     report = run.path / REPORT_MD
     atomic_write_text(report, _markdown(run, others, images))
+    return report
+
+
+def _write_dgm_report(run_dir: Path) -> Path:
+    """A DGM run: the archive's lineage tree and progress plots, the admitted agents' table."""
+    from services.report_dgm import write_dgm_report
+    _, section = write_dgm_report(run_dir)
+    report = run_dir / REPORT_MD
+    atomic_write_text(report, f"# DGM run {run_dir.name}\n\n{section}\n")
     return report

@@ -1,0 +1,1 @@
+from textutil.slug import slugify  # noqa: F401

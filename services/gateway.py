@@ -1,0 +1,384 @@
+"""LLM gateway: the one door from sandboxed agents (and from humans) to language models.
+
+The DGM's coding agents are model-written code running in sandboxes without a network. They reach
+models only through this server, over a Unix socket whose directory is mounted into the sandbox,
+so API keys never enter a sandbox, every call is charged to the run that made it, and a run that
+has spent its token or dollar budget gets HTTP 429 instead of spending on. It speaks the OpenAI
+chat-completions protocol, so the same server also serves people and tools on TCP.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import re
+import secrets
+import socket
+import socketserver
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Literal, Optional, Protocol
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from services.config import EMBEDDED_MODEL, GatewayConfig, ModelRoute, Strict
+
+log = logging.getLogger(__name__)
+MAX_BODY_BYTES = 16 << 20
+ENDPOINTS = {("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/v1/usage")}
+
+
+class GatewayError(Exception):
+    """A failure with the HTTP status and OpenAI-style error type that the client should see."""
+
+    def __init__(self, status: int, kind: str, message: str):
+        super().__init__(message)
+        self.status, self.kind, self.message = status, kind, message
+
+
+def bad_request(message: str) -> GatewayError:
+    return GatewayError(400, "invalid_request_error", message)
+
+
+class Backend(Protocol):
+    def complete(self, messages: list[dict], max_tokens: int, temperature: float,
+                 stop: list[str] | None) -> tuple[str, int, int]: ...
+
+
+class SamplerBackend:
+    """A local model through ``Sampler.chat``: a Ray actor handle or a plain in-process object."""
+
+    def __init__(self, route: ModelRoute, cfg: GatewayConfig, sampler: object | None):
+        self.route, self.sampler, self.timeout_s = route, sampler, cfg.request_timeout_s
+        self.lock = threading.Lock()   # one in-process model serves one request at a time
+
+    def complete(self, messages, max_tokens, temperature, stop):
+        kwargs = dict(messages=messages, max_new_tokens=max_tokens, temperature=temperature)
+        if self.sampler is not None and hasattr(self.sampler.chat, "remote"):
+            import ray   # an actor queues its own calls
+            out = ray.get(self.sampler.chat.remote(**kwargs), timeout=self.timeout_s)
+        else:
+            with self.lock:
+                if self.sampler is None:   # loaded on first use, so that start() stays fast
+                    from actors.sampler import Sampler, SamplerSettings
+                    self.sampler = Sampler(SamplerSettings(self.route.model or EMBEDDED_MODEL))
+                out = self.sampler.chat(**kwargs)
+        return out["text"], int(out["prompt_tokens"]), int(out["completion_tokens"])
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible upstream. The key is read from the gateway's own environment only."""
+
+    def __init__(self, route: ModelRoute, cfg: GatewayConfig, sampler: object | None = None):
+        self.url = route.base_url.rstrip("/") + "/chat/completions"
+        self.model, self.timeout_s = route.model or route.name, cfg.request_timeout_s
+        self.key = os.environ.get(route.api_key_env) if route.api_key_env else None
+        if route.api_key_env and not self.key:
+            raise ValueError(f"route {route.name!r}: environment variable {route.api_key_env} "
+                             f"(the API key for {route.base_url}) is not set in the gateway's "
+                             "environment; set it, or api_key_env: null for a keyless upstream")
+
+    def complete(self, messages, max_tokens, temperature, stop):
+        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
+                "temperature": temperature, **({"stop": stop} if stop else {})}
+        headers = {"Content-Type": "application/json",
+                   **({"Authorization": f"Bearer {self.key}"} if self.key else {})}
+        req = urllib.request.Request(self.url, json.dumps(body).encode(), headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                reply = json.loads(resp.read())
+            text = reply["choices"][0]["message"]["content"] or ""
+        except urllib.error.HTTPError as e:
+            raise GatewayError(502, "upstream_error", f"upstream {self.url} answered HTTP {e.code}: "
+                               f"{error_message(e.read())}") from None
+        except OSError as e:   # URLError, refused connections and timeouts
+            raise GatewayError(502, "upstream_error",
+                               f"upstream {self.url} unreachable: {getattr(e, 'reason', e)}") from None
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise GatewayError(502, "upstream_error",
+                               f"upstream {self.url} sent no chat completion ({e!r})") from None
+        usage = reply.get("usage") or {}
+        guess = sum(len(m["content"]) for m in messages) // 4   # ~4 characters a token
+        return (text, int(usage.get("prompt_tokens", guess)),
+                int(usage.get("completion_tokens", len(text) // 4)))
+
+
+def error_message(raw: bytes) -> str:
+    try:
+        return str(json.loads(raw)["error"]["message"])[:500]
+    except (ValueError, KeyError, TypeError):
+        return raw.decode("utf-8", "replace")[:500]
+
+
+class ReplayRule(Strict):
+    match: str
+    reply: str
+    times: Optional[int] = Field(None, ge=0)    # None: unlimited
+
+
+class ReplayBackend:
+    """Recorded replies picked by regex, so agent runs in tests are deterministic and model-free."""
+
+    def __init__(self, route: ModelRoute, cfg: GatewayConfig, sampler: object | None = None):
+        path, self.name = Path(route.replies), route.name
+        if not path.is_file():
+            raise ValueError(f"route {route.name!r}: replies file {path} does not exist")
+        raw = yaml.safe_load(path.read_text())   # YAML reads JSON too
+        if not isinstance(raw, list):
+            raise ValueError(f"{path}: expected a list of {{match, reply, times}} rules")
+        try:
+            self.rules = [ReplayRule.model_validate(r) for r in raw]
+            self.patterns = [re.compile(r.match, re.DOTALL) for r in self.rules]
+        except (ValidationError, re.error) as e:
+            raise ValueError(f"{path}: invalid replay rule: {e}") from None
+        self.left, self.lock = [r.times for r in self.rules], threading.Lock()
+
+    def complete(self, messages, max_tokens, temperature, stop):
+        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+        with self.lock:
+            hit = next((i for i, p in enumerate(self.patterns) if self.left[i] != 0 and p.search(text)),
+                       None)
+            if hit is None:
+                raise GatewayError(500, "replay_no_match", f"route {self.name!r}: no replay rule with "
+                                   f"uses left matches the request, which ends: {text[-300:]!r}")
+            if self.left[hit] is not None:
+                self.left[hit] -= 1
+        reply = self.rules[hit].reply
+        return reply, sum(len(m["content"].split()) for m in messages), len(reply.split())
+
+
+BACKENDS = {"sampler": SamplerBackend, "openai": OpenAIBackend, "replay": ReplayBackend}
+
+
+def apply_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
+    """Cut at the first stop string, so that backends need not honour ``stop`` themselves."""
+    cuts = [i for i in (text.find(s) for s in stop or [] if s) if i >= 0]
+    return (text[:min(cuts)], True) if cuts else (text, False)
+
+
+def parse_request(request: dict, cap: int) -> tuple[list[dict], int, float, list[str] | None]:
+    """(messages, max_tokens, temperature, stop) of a chat request, or a 400 saying what is wrong."""
+    msgs, stop = request.get("messages"), request.get("stop")
+    if not isinstance(msgs, list) or not msgs:
+        raise bad_request("'messages' must be a non-empty list of {role, content} objects")
+    messages = []
+    for i, m in enumerate(msgs):
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, list):   # OpenAI content parts: keep the text
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(content, str):
+            raise bad_request(f"messages[{i}] must be an object with a string 'role' and messages[{i}]"
+                              ".content a string")
+        messages.append({"role": m["role"], "content": content})
+    max_tokens = request.get("max_tokens", request.get("max_completion_tokens"))
+    max_tokens = cap if max_tokens is None else max_tokens
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise bad_request(f"'max_tokens' must be a positive integer, not {max_tokens!r}")
+    temperature = request.get("temperature", 1.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
+        raise bad_request(f"'temperature' must be a number >= 0, not {temperature!r}")
+    stop = [stop] if isinstance(stop, str) else stop
+    if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+        raise bad_request("'stop' must be a string or a list of strings")
+    return messages, min(max_tokens, cap), float(temperature), stop
+
+
+def empty_usage() -> dict:
+    return {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+
+
+class Gateway:
+    """Routes OpenAI-style requests to backends and charges them to runs; usable as a Ray actor."""
+
+    def __init__(self, cfg: GatewayConfig, socket_path: str | None = None,
+                 samplers: dict[str, object] | None = None):
+        samplers = samplers or {}
+        if extra := set(samplers) - {r.name for r in cfg.routes if r.backend == "sampler"}:
+            raise ValueError(f"samplers given for {sorted(extra)}, which are not sampler routes")
+        self.cfg, self.socket_path = cfg, socket_path
+        self.routes = {r.name: r for r in cfg.routes}
+        self.backends = {r.name: BACKENDS[r.backend](r, cfg, samplers.get(r.name)) for r in cfg.routes}
+        self.redacted = [b.key for b in self.backends.values() if getattr(b, "key", None)]
+        self.tokens: dict[str, str] = {}
+        self.runs: dict[str, dict] = {}
+        self.lock = threading.Lock()
+        self.servers: list[ThreadingHTTPServer] = []
+        self.address: dict = {}
+
+    def start(self) -> dict:
+        """Serve on TCP and (when a socket path was given) on the Unix socket, in daemon threads."""
+        if not self.servers:
+            self.servers = [ThreadingHTTPServer((self.cfg.tcp_host, self.cfg.tcp_port), Handler)]
+            if self.socket_path:
+                self.servers.append(unix_server(self.socket_path))
+            for server in self.servers:
+                server.gateway = self
+                threading.Thread(target=server.serve_forever, args=(0.1,), daemon=True).start()
+            host, port = self.servers[0].server_address[:2]
+            self.address = {"url": f"http://{host}:{port}/v1", "socket": self.socket_path}
+        return self.address
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
+        if self.servers and self.socket_path and os.path.exists(self.socket_path):
+            os.unlink(self.socket_path)
+        self.servers = []
+
+    def issue_token(self, run: str) -> str:
+        """A bearer token that charges requests to ``run``; a run may hold several."""
+        token = secrets.token_urlsafe(24)
+        with self.lock:
+            self.tokens[token] = run
+            self.runs.setdefault(run, {**empty_usage(), "models": {}})
+        return token
+
+    def usage(self, run: str | None = None) -> dict:
+        """One run's usage (with a per-model breakdown), or every run's keyed by run id."""
+        with self.lock:
+            if run is not None and run not in self.runs:
+                raise KeyError(f"no tokens were issued for run {run!r}; runs: {sorted(self.runs)}")
+            return copy.deepcopy(self.runs[run] if run is not None else self.runs)
+
+    def handle(self, method: str, path: str, authorization: str | None, body: bytes) -> tuple[int, dict]:
+        """One HTTP request, as (status, JSON reply); errors become OpenAI-style error objects."""
+        try:
+            path = path.split("?")[0].rstrip("/")
+            if (method, path) not in ENDPOINTS:
+                raise GatewayError(404, "not_found", f"no endpoint {method} {path}; endpoints: "
+                                   + ", ".join(" ".join(e) for e in sorted(ENDPOINTS)))
+            run = self.authenticate(authorization)
+            if path == "/v1/models":
+                return 200, {"object": "list", "data": [{"id": n, "object": "model", "created": 0,
+                                                         "owned_by": "evoray"} for n in self.routes]}
+            if path == "/v1/usage":
+                return 200, {"run": run, **self.usage(run)}
+            try:
+                request = json.loads(body)
+            except ValueError as e:
+                raise bad_request(f"request body is not valid JSON: {e}") from None
+            if not isinstance(request, dict):
+                raise bad_request("request body must be a JSON object")
+            return 200, self.chat(run, request)
+        except GatewayError as e:
+            return e.status, {"error": {"type": e.kind, "message": e.message}}
+        except TimeoutError as e:
+            return 504, {"error": {"type": "timeout", "message": f"backend timed out: {e}"}}
+        except Exception as e:   # a backend bug must reach the caller, not kill the server thread
+            log.exception("gateway request failed")
+            return 500, {"error": {"type": "internal_error", "message": f"{type(e).__name__}: {e}"}}
+
+    def authenticate(self, authorization: str | None) -> str:
+        scheme, _, token = (authorization or "").partition(" ")
+        with self.lock:
+            run = self.tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+        if run is None:
+            raise GatewayError(401, "authentication_error", "missing or unknown bearer token: send "
+                               "'Authorization: Bearer TOKEN' with a token from Gateway.issue_token "
+                               "(in the sandbox it is in EVORAY_GATEWAY_TOKEN)")
+        return run
+
+    def chat(self, run: str, request: dict) -> dict:
+        name = request.get("model") or self.cfg.default_model or self.cfg.routes[0].name
+        if name not in self.routes:
+            raise GatewayError(404, "model_not_found",
+                               f"model {name!r} is not served here; models: {sorted(self.routes)}")
+        route = self.routes[name]
+        messages, max_tokens, temperature, stop = parse_request(request, route.max_new_tokens_cap)
+        max_tokens = min(max_tokens, self.check_budget(run))
+        text, prompt_tokens, completion_tokens = self.backends[name].complete(
+            messages, max_tokens, temperature, stop)
+        text, stopped = apply_stop(text, stop)
+        self.charge(run, route, prompt_tokens, completion_tokens)
+        return {"id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion",
+                "created": int(time.time()), "model": name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": "length" if completion_tokens >= max_tokens
+                             and not stopped else "stop"}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens}}
+
+    def check_budget(self, run: str) -> int:
+        """Refuse a run that has reached a budget, else say how many tokens it may still use.
+        Requests in flight together all pass, so a run may overshoot by what they use."""
+        with self.lock:
+            used = self.runs[run]["prompt_tokens"] + self.runs[run]["completion_tokens"]
+            cost = self.runs[run]["cost_usd"]
+        if self.cfg.max_tokens is not None and used >= self.cfg.max_tokens:
+            raise GatewayError(429, "budget_exceeded", f"run {run!r} has used {used} tokens; "
+                               f"its max_tokens budget is {self.cfg.max_tokens}")
+        if self.cfg.max_cost_usd is not None and cost >= self.cfg.max_cost_usd:
+            raise GatewayError(429, "budget_exceeded", f"run {run!r} has spent ${cost:.6f}; "
+                               f"its max_cost_usd budget is ${self.cfg.max_cost_usd:.6f}")
+        return self.cfg.max_tokens - used if self.cfg.max_tokens is not None else 1 << 62
+
+    def charge(self, run: str, route: ModelRoute, prompt_tokens: int, completion_tokens: int) -> None:
+        cost = (prompt_tokens * route.input_usd_per_mtok + completion_tokens * route.output_usd_per_mtok) / 1e6
+        with self.lock:
+            total = self.runs[run]
+            for u in (total, total["models"].setdefault(route.name, empty_usage())):
+                u["requests"] += 1
+                u["prompt_tokens"] += prompt_tokens
+                u["completion_tokens"] += completion_tokens
+                u["cost_usd"] += cost
+
+    def redact(self, text: str) -> str:
+        for secret in self.redacted:   # an upstream's error message could quote the key
+            text = text.replace(secret, "[redacted]")
+        return text
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "evoray-gateway"
+    timeout = 60   # a client that stalls mid-request must not hold a thread forever
+
+    def do_POST(self) -> None:
+        gateway: Gateway = self.server.gateway
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            status, obj = 413, {"error": {"type": "invalid_request_error",
+                                          "message": f"body of {length} bytes exceeds {MAX_BODY_BYTES}"}}
+        else:
+            body = self.rfile.read(length) if length > 0 else b""
+            status, obj = gateway.handle(self.command, self.path, self.headers.get("Authorization"), body)
+        data = gateway.redact(json.dumps(obj)).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST
+
+    def log_message(self, format: str, *args) -> None:
+        # the default writes client_address[0] to stderr, which a Unix socket peer does not have
+        log.debug("gateway: " + format, *args)
+
+
+class UnixHTTPServer(ThreadingHTTPServer):
+    address_family = socket.AF_UNIX
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind wants (host, port) to resolve a host name; a socket path has neither
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "localhost", 0
+
+
+def unix_server(path: str) -> UnixHTTPServer:
+    if len(os.fsencode(path)) > 107:
+        raise ValueError(f"socket path {path} is longer than the 107 bytes a Unix socket allows")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(path):
+        if not Path(path).is_socket():
+            raise ValueError(f"socket path {path} exists and is not a socket; not removing it")
+        os.unlink(path)   # stale, from a gateway that did not stop cleanly
+    server = UnixHTTPServer(path, Handler)
+    os.chmod(path, 0o666)   # the sandbox runs as another uid
+    return server
