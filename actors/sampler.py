@@ -80,11 +80,34 @@ class Sampler:
     def chat(self, messages: list[dict], max_new_tokens: int, temperature: float,
              seed: int | None = None) -> dict:
         """One reply to a whole conversation, for the LLM gateway; temperature 0 is greedy."""
-        prompt_ids = self.encode(messages)
-        params = SamplingParams(n=1, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
-        [(_, ids, _, finished)] = self.backend.generate([prompt_ids], params)
-        return {"text": self.backend.tokenizer.decode(ids, skip_special_tokens=True),
-                "prompt_tokens": len(prompt_ids), "completion_tokens": len(ids), "finished": finished}
+        return self.chat_batch([{"messages": messages, "max_new_tokens": max_new_tokens,
+                                 "temperature": temperature}], seed)[0]
+
+    def chat_batch(self, requests: list[dict], seed: int | None = None) -> list[dict]:
+        """Replies to several conversations in one batched generation per temperature.
+
+        Decoding one sequence is memory-bound (every token reads all weights), so a batch of B
+        costs little more than one: the gateway gathers concurrent agents' requests into one
+        call. Each reply is cut to its own ``max_new_tokens``.
+        """
+        out: list[dict] = [{}] * len(requests)
+        by_temp: dict[float, list[int]] = {}
+        for i, r in enumerate(requests):
+            by_temp.setdefault(float(r["temperature"]), []).append(i)
+        tok = self.backend.tokenizer
+        for temperature, idx in by_temp.items():
+            prompts = [self.encode(requests[i]["messages"]) for i in idx]
+            longest = max(requests[i]["max_new_tokens"] for i in idx)
+            params = SamplingParams(n=1, temperature=temperature, max_new_tokens=longest, seed=seed)
+            for i, prompt, (_, ids, _, finished) in zip(idx, prompts,
+                                                        self.backend.generate(prompts, params)):
+                limit = requests[i]["max_new_tokens"]
+                finished = finished and len(ids) <= limit
+                ids = ids[:limit]
+                out[i] = {"text": tok.decode(ids, skip_special_tokens=True),
+                          "prompt_tokens": len(prompt), "completion_tokens": len(ids),
+                          "finished": finished}
+        return out
 
     def load_weights(self, packed: PackedWeights | list) -> int:
         """Take a new policy version; ``packed`` may be wrapped in a list to keep it an ObjectRef."""

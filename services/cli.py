@@ -10,11 +10,9 @@ from services.config import ConfigError, dump_config, load_config, parse_config
 
 
 def _run_job(cfg, run_dir: Path, resume: bool) -> Path:
-    from jobs.srt.loop import SRTLoop
-    from services.controller import start_ray, start_roles
+    from services.controller import start_ray
     from services.metrics import RayMetrics
     from services.progress import StepProgress
-    from services.report import demo_table
     from services.run_store import RunStore
 
     store = RunStore(run_dir)
@@ -23,29 +21,50 @@ def _run_job(cfg, run_dir: Path, resume: bool) -> Path:
     progress = StepProgress()
     progress.note(f"run directory: {run_dir}")
     start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.include_dashboard)
-    run_name = run_dir.name
-    progress.note(f"starting {cfg.sampler.num_actors} sampler(s) and a learner for {cfg.model.name} …")
-    roles = start_roles(cfg, run_name)
-    metrics = RayMetrics(run_name, cfg.job)
-    loop = SRTLoop(cfg, roles, store, progress, metrics.export)
+    metrics = RayMetrics(run_dir.name, cfg.job)
     try:
-        loop.run(resume=resume)
+        if cfg.job == "dgm":
+            from jobs.dgm.job import run_dgm
+            run_dgm(cfg, store, progress, metrics.export)
+        else:
+            _run_srt(cfg, store, progress, metrics.export, resume)
     finally:
         store.flush_metrics()
+    return run_dir
+
+
+def _run_srt(cfg, store, progress, export, resume: bool) -> None:
+    from jobs.srt.loop import SRTLoop
+    from services.controller import start_roles
+    from services.report import demo_table
+    progress.note(f"starting {cfg.sampler.num_actors} sampler(s) and a learner for {cfg.model.name} …")
+    roles = start_roles(cfg, store.root.name)
+    SRTLoop(cfg, roles, store, progress, export).run(resume=resume)
     try:
-        progress.console.print(demo_table(run_dir))
+        progress.console.print(demo_table(store.root))
     except ValueError as e:
         progress.note(f"(no table: {e})")
-    return run_dir
+
+
+def _check_inputs(cfg) -> None:
+    """Fail on a missing model or bad task data here, before Ray starts."""
+    from actors.model_loading import resolve_model
+    if cfg.job == "dgm":
+        from jobs.dgm.loop import load_tasks
+        for route in cfg.gateway.routes:
+            if route.backend == "sampler":
+                resolve_model(route.model or cfg.model.name)
+        load_tasks(cfg)
+        return
+    resolve_model(cfg.model.name)
+    from jobs.srt.loop import build_splits
+    build_splits(cfg)
 
 
 def cmd_run(args) -> int:
     from services.run_store import new_run_dir
     cfg = load_config(args.config, args.set or [])
-    from actors.model_loading import resolve_model
-    resolve_model(cfg.model.name)          # a missing model fails here, before Ray starts
-    from jobs.srt.loop import build_splits
-    build_splits(cfg)                      # so does a bad dataset
+    _check_inputs(cfg)
     run_dir = Path(args.run_dir) if args.run_dir else new_run_dir("runs", cfg.name)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"--run-dir {run_dir} is not empty; use `evoray resume {run_dir}` to continue it")

@@ -167,6 +167,8 @@ class ModelRoute(Strict):
     input_usd_per_mtok: float = Field(0, ge=0)
     output_usd_per_mtok: float = Field(0, ge=0)
     max_new_tokens_cap: int = Field(1024, ge=1)
+    max_batch: int = Field(8, ge=1, description="sampler: concurrent requests generated together")
+    batch_window_s: float = Field(0.05, ge=0, description="sampler: wait this long for company")
 
     @model_validator(mode="after")
     def _replay_needs_replies(self) -> "ModelRoute":

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from services.gateway import Gateway, GatewayConfig, ModelRoute, apply_stop
+from services.gateway import BACKENDS, Gateway, GatewayConfig, ModelRoute, apply_stop
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "sk-test-SECRET-0123456789"
@@ -94,7 +94,7 @@ class FakeSampler:
 
     def __init__(self, text="four", prompt_tokens=5, completion_tokens=None):
         self.text, self.prompt_tokens, self.completion_tokens = text, prompt_tokens, completion_tokens
-        self.calls = []
+        self.calls, self.batches = [], []
 
     def chat(self, messages, max_new_tokens, temperature, seed=None):
         self.calls.append({"messages": messages, "max_new_tokens": max_new_tokens,
@@ -102,6 +102,10 @@ class FakeSampler:
         n = self.completion_tokens if self.completion_tokens is not None else len(self.text.split())
         return {"text": self.text, "prompt_tokens": self.prompt_tokens, "completion_tokens": n,
                 "finished": True}
+
+    def chat_batch(self, requests, seed=None):
+        self.batches.append(len(requests))
+        return [self.chat(**r) for r in requests]
 
 
 # --- config --------------------------------------------------------------------------------------
@@ -443,3 +447,29 @@ def test_bad_replies_files_are_named(tmp_path, content, words):
     cfg = GatewayConfig(routes=[{"name": "replay", "backend": "replay", "replies": str(path)}])
     with pytest.raises(ValueError, match=words):
         Gateway(cfg)
+
+
+def test_concurrent_sampler_requests_are_batched():
+    """Requests that arrive together reach the sampler as one batch, each with its own reply."""
+    import threading
+    slow = FakeSampler()
+    orig = slow.chat_batch
+
+    def chat_batch(requests, seed=None):
+        import time
+        time.sleep(0.2)   # the first call is busy while the others queue up
+        return orig(requests, seed)
+    slow.chat_batch = chat_batch
+    cfg = GatewayConfig(routes=[ModelRoute(name="m", backend="sampler", max_batch=8,
+                                           batch_window_s=0.05)])
+    backend = BACKENDS["sampler"](cfg.routes[0], cfg, slow)
+    out = []
+    threads = [threading.Thread(target=lambda i=i: out.append(
+        backend.complete([{"role": "user", "content": f"q{i}"}], 4 + i, 0.5, None)))
+        for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(out) == 5 and sum(slow.batches) == 5 and max(slow.batches) >= 2
+    assert sorted(c["max_new_tokens"] for c in slow.calls) == [4, 5, 6, 7, 8]

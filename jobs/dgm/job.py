@@ -1,0 +1,77 @@
+"""Start a DGM run's actors — the model behind the gateway, the gateway, the attempt workers —
+and drive the loop. API keys go to the gateway actor's environment and nowhere else."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from actors.sandbox import SandboxLimits
+
+
+def start_gateway(cfg, run_name: str):
+    """The gateway actor (+ one sampler actor per ``sampler`` route); (handle, url, socket dir)."""
+    import ray
+
+    from actors.sampler import Sampler, SamplerSettings
+    from services.gateway import Gateway
+    samplers = {}
+    for route in cfg.gateway.routes:
+        if route.backend == "sampler":
+            settings = SamplerSettings(route.model or cfg.model.name, dtype=cfg.sampler.dtype,
+                                       threads=cfg.sampler.threads)
+            samplers[route.name] = ray.remote(Sampler).options(
+                name=f"{run_name}:sampler-{route.name}", num_cpus=cfg.sampler.num_cpus,
+                num_gpus=cfg.sampler.num_gpus).remote(settings)
+    keys = {r.api_key_env: os.environ[r.api_key_env] for r in cfg.gateway.routes
+            if r.backend == "openai" and r.api_key_env and r.api_key_env in os.environ}
+    # a short path: AF_UNIX paths are limited to 107 bytes; 0755 so the sandbox user can reach it
+    sock_dir = tempfile.mkdtemp(prefix="evoray-gw-")
+    os.chmod(sock_dir, 0o755)
+    gateway = ray.remote(Gateway).options(
+        name=f"{run_name}:gateway", num_cpus=0, max_concurrency=64,
+        runtime_env={"env_vars": keys} if keys else None,
+    ).remote(cfg.gateway, str(Path(sock_dir) / "gateway.sock"), samplers)
+    info = ray.get(gateway.start.remote())
+    return gateway, info["url"], sock_dir, keys
+
+
+def start_workers(cfg, run_name: str, sock_dir: str, secret_names) -> list:
+    import ray
+
+    from jobs.dgm.worker import AttemptWorker
+    s = cfg.sandbox
+    limits = SandboxLimits(timeout_s=s.agent_timeout_s, memory_mb=s.memory_mb, pids=s.pids,
+                           cpus=s.cpus, disk_mb=s.disk_mb)
+    # workers never hold a key, even where Ray would hand them the driver's environment
+    blank = {"env_vars": {name: "" for name in secret_names}} if secret_names else None
+    workers = [ray.remote(AttemptWorker).options(
+        name=f"{run_name}:dgm-worker-{i}", num_cpus=cfg.loop.worker_num_cpus, runtime_env=blank,
+    ).remote(s.backend, limits, s.pool_size, sock_dir) for i in range(cfg.loop.workers)]
+    ray.get([w.backend.remote() for w in workers])
+    return workers
+
+
+def run_dgm(cfg, store, progress, export) -> None:
+    import ray
+
+    from jobs.dgm.loop import DGMLoop
+    run_name = store.root.name
+    progress.note(f"starting the gateway ({', '.join(r.name for r in cfg.gateway.routes)}) …")
+    gateway, url, sock_dir, keys = start_gateway(cfg, run_name)
+    token = ray.get(gateway.issue_token.remote(run_name))
+    progress.note(f"starting {cfg.loop.workers} worker(s), {cfg.sandbox.backend} sandboxes "
+                  f"× {cfg.sandbox.pool_size} …")
+    workers = start_workers(cfg, run_name, sock_dir, keys)
+    progress.note(f"sandbox backend: {ray.get(workers[0].backend.remote())}")
+
+    def usage() -> dict:
+        try:
+            return ray.get(gateway.usage.remote(run_name))
+        except Exception:
+            return {}
+    try:
+        DGMLoop(cfg, store, progress, export, workers, url, token, usage).run()
+    finally:
+        ray.get([w.close.remote() for w in workers])
+        ray.get(gateway.stop.remote())

@@ -1,0 +1,30 @@
+"""The Ray actor that runs DGM attempts: it owns a sandbox (for docker, a pool of warm containers)
+and evaluates agents on tasks, ``pool_size`` tasks at a time."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from actors.sandbox import make_sandbox
+from jobs.dgm.attempt import AgentSettings, AttemptResult, AttemptSpec, TaskOutcome, evaluate, run_attempt
+from jobs.dgm.tasks import CodeTask
+
+
+class AttemptWorker:
+    def __init__(self, backend: str, limits, pool_size: int, gateway_dir: str):
+        self.sandbox = make_sandbox(backend, limits, pool_size, gateway_dir)
+        if hasattr(self.sandbox, "warm"):
+            self.sandbox.warm()
+        self.threads = ThreadPoolExecutor(max_workers=pool_size)
+
+    def backend(self) -> str:
+        return self.sandbox.backend
+
+    def attempt(self, spec: AttemptSpec) -> AttemptResult:
+        return run_attempt(self.sandbox, self.threads, spec)
+
+    def evaluate(self, agent: dict[str, str], tasks: list[CodeTask],
+                 settings: AgentSettings) -> list[TaskOutcome]:
+        return evaluate(self.sandbox, self.threads, agent, tasks, settings)
+
+    def close(self) -> None:
+        self.sandbox.close()
