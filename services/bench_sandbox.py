@@ -29,12 +29,12 @@ from rich.console import Console
 from rich.table import Table
 
 from actors.sandbox.types import SandboxLimits
-from jobs.dgm.tasks import CodeTask, completion_to_repo, humaneval_tasks, score_task
+from jobs.dgm.tasks import CodeTask, completion_to_repo, humaneval_tasks, score_many
 
 MODES = ("humaneval", "docker-fresh", "docker-pool", "bwrap")
 DOCKER_MODES = ("docker-fresh", "docker-pool")
 ISOLATION = {"humaneval": "none (fork)", "docker-fresh": "container/item",
-             "docker-pool": "warm pool, exec/item", "bwrap": "namespaces/item"}
+             "docker-pool": "warm containers, wiped per item", "bwrap": "fresh namespaces per batch, wiped per item"}
 BROKEN = "    return None\n"
 
 # one item: (task, its problem, the completion)
@@ -118,9 +118,10 @@ def _run_evoray(backend: str, items: list[Item], args) -> tuple[list[bool], floa
         sandbox.warm()
     setup = time.perf_counter() - t0
     try:
-        verdicts, secs = _timed_map(
-            lambda it: score_task(sandbox, it[0], completion_to_repo(it[0], it[2]), limits).passed,
-            items, args.workers)
+        t0 = time.perf_counter()
+        results = score_many(sandbox, [(t, completion_to_repo(t, c)) for t, _, c in items],
+                             args.workers, limits)
+        verdicts, secs = [r.passed for r in results], time.perf_counter() - t0
     finally:
         sandbox.close()
     return verdicts, secs, setup

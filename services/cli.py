@@ -50,8 +50,14 @@ def _check_inputs(cfg) -> None:
     """Fail on a missing model or bad task data here, before Ray starts."""
     from actors.model_loading import resolve_model
     if cfg.job == "dgm":
+        import os
+
         from jobs.dgm.loop import load_tasks
-        for route in cfg.gateway.routes:
+        from services.gateway import active_routes
+        for route in active_routes(cfg.gateway, os.environ).routes:
+            if route.backend == "openai" and route.api_key_env and not os.environ.get(route.api_key_env):
+                raise ConfigError(f"gateway route {route.name!r} needs the environment variable "
+                                  f"{route.api_key_env} (or optional: true to skip it without)")
             if route.backend == "sampler":
                 resolve_model(route.model or cfg.model.name)
         load_tasks(cfg)

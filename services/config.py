@@ -167,6 +167,8 @@ class ModelRoute(Strict):
     input_usd_per_mtok: float = Field(0, ge=0)
     output_usd_per_mtok: float = Field(0, ge=0)
     max_new_tokens_cap: int = Field(1024, ge=1)
+    optional: bool = Field(False, description="openai: without its key in the environment, the "
+                           "route is left out instead of being an error")
     max_batch: int = Field(8, ge=1, description="sampler: concurrent requests generated together")
     batch_window_s: float = Field(0.05, ge=0, description="sampler: wait this long for company")
 
@@ -200,6 +202,7 @@ class GatewayConfig(Strict):
 
 class SandboxConfig(Strict):
     backend: Literal["auto", "docker", "bwrap"] = "auto"
+    image: Optional[str] = None         # docker: an image of your own (e.g. a SWE-bench env image)
     pool_size: int = Field(2, ge=1, description="containers (and parallel tasks) per worker")
     agent_timeout_s: float = Field(120, gt=0, description="wall time of one agent run on one task")
     test_timeout_s: float = Field(20, gt=0, description="wall time of one task's hidden tests")

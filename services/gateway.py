@@ -226,12 +226,25 @@ def empty_usage() -> dict:
     return {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
 
 
+def active_routes(cfg: GatewayConfig, environ) -> GatewayConfig:
+    """Drop optional routes whose API key is not set, so one config serves with a key (the external
+    model first) and without one (the in-cluster model)."""
+    keep = [r for r in cfg.routes
+            if not (r.optional and r.backend == "openai" and r.api_key_env
+                    and not environ.get(r.api_key_env))]
+    if not keep:
+        raise ValueError("no gateway route is usable: every route is optional and lacks its key")
+    default = cfg.default_model if cfg.default_model in {r.name for r in keep} else None
+    return cfg.model_copy(update={"routes": keep, "default_model": default})
+
+
 class Gateway:
     """Routes OpenAI-style requests to backends and charges them to runs; usable as a Ray actor."""
 
     def __init__(self, cfg: GatewayConfig, socket_path: str | None = None,
                  samplers: dict[str, object] | None = None):
         samplers = samplers or {}
+        cfg = active_routes(cfg, os.environ)
         if extra := set(samplers) - {r.name for r in cfg.routes if r.backend == "sampler"}:
             raise ValueError(f"samplers given for {sorted(extra)}, which are not sampler routes")
         self.cfg, self.socket_path = cfg, socket_path
@@ -382,11 +395,15 @@ class Handler(BaseHTTPRequestHandler):
             body = self.rfile.read(length) if length > 0 else b""
             status, obj = gateway.handle(self.command, self.path, self.headers.get("Authorization"), body)
         data = gateway.redact(json.dumps(obj)).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            # the caller is gone (a sandboxed agent killed at its time limit): the usage still counts
+            log.debug("gateway: client left before its reply")
 
     do_GET = do_POST
 

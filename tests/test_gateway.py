@@ -473,3 +473,17 @@ def test_concurrent_sampler_requests_are_batched():
         t.join()
     assert len(out) == 5 and sum(slow.batches) == 5 and max(slow.batches) >= 2
     assert sorted(c["max_new_tokens"] for c in slow.calls) == [4, 5, 6, 7, 8]
+
+
+def test_optional_route_without_key_is_left_out(monkeypatch):
+    from services.gateway import active_routes
+    cfg = GatewayConfig(routes=[
+        ModelRoute(name="ext", backend="openai", api_key_env="EVORAY_TEST_KEY", optional=True),
+        ModelRoute(name="local", backend="sampler")], default_model="ext")
+    monkeypatch.delenv("EVORAY_TEST_KEY", raising=False)
+    without = active_routes(cfg, {})
+    assert [r.name for r in without.routes] == ["local"] and without.default_model is None
+    with_key = active_routes(cfg, {"EVORAY_TEST_KEY": "sk-x"})
+    assert [r.name for r in with_key.routes] == ["ext", "local"] and with_key.default_model == "ext"
+    with pytest.raises(ValueError, match="no gateway route is usable"):
+        active_routes(GatewayConfig(routes=[cfg.routes[0]]), {})

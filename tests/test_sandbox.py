@@ -223,3 +223,18 @@ def test_concurrent_runs_are_isolated(sandbox):
     [t.start() for t in ts]
     [t.join() for t in ts]
     assert out[0].stdout.strip() == "['f0']" and out[1].stdout.strip() == "['f1']"
+
+
+def test_batch_items_are_isolated_and_a_runner_killer_spares_its_neighbours(sandbox):
+    reqs = [ExecRequest.program("import os; open('/work/mark', 'w'); open('/tmp/mark', 'w'); print('one')",
+                                limits=LIMITS),
+            ExecRequest.program("import os; print(os.listdir('/work'), os.listdir('/tmp'))",
+                                limits=LIMITS)]
+    first, second = sandbox.run_many(reqs)
+    assert (first.status, first.stdout) == ("ok", "one\n")
+    assert second.stdout.strip() == "['main.py'] []"
+    killer = ExecRequest.program("import os, signal; os.kill(os.getppid(), signal.SIGKILL)",
+                                 limits=LIMITS)
+    results = sandbox.run_many([reqs[0], killer, reqs[1]])
+    assert [r.status for r in results] == ["ok", "killed", "ok"]
+    assert results[2].stdout.strip() == "['main.py'] []"

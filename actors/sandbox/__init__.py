@@ -44,6 +44,7 @@ class SandboxWorker:
     def __init__(self, backend: str = "auto", limits: SandboxLimits | None = None,
                  pool_size: int = 1, gateway_dir: str | None = None):
         self.sandbox = make_sandbox(backend, limits, pool_size, gateway_dir)
+        self.pool_size = pool_size
         self.threads = ThreadPoolExecutor(max_workers=pool_size)
         if hasattr(self.sandbox, "warm"):
             self.sandbox.warm()
@@ -55,7 +56,10 @@ class SandboxWorker:
         return self.sandbox.run(req)
 
     def run_many(self, reqs: list[ExecRequest]) -> list[ExecResult]:
-        return list(self.threads.map(self.sandbox.run, reqs))
+        """Split over the pool; each part is one batch (one runner call) in one sandbox."""
+        k = -(-len(reqs) // self.pool_size) or 1
+        parts = [reqs[i:i + k] for i in range(0, len(reqs), k)]
+        return [r for rs in self.threads.map(self.sandbox.run_many, parts) for r in rs]
 
     def close(self) -> None:
         self.sandbox.close()

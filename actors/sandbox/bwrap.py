@@ -14,7 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from actors.sandbox.types import RUNNER_SOURCE, ExecRequest, ExecResult, SandboxError
+from actors.sandbox.types import (RUNNER_SOURCE, ExecRequest, ExecResult, SandboxError,
+                                  run_batch_or_each)
 
 NOBODY = 65534
 GRACE_S = 10.0   # beyond the program's own limit: runner start-up and result transfer
@@ -42,8 +43,8 @@ class BwrapSandbox:
         self.gateway_dir = gateway_dir
         self.uid = uid if os.geteuid() == 0 else None
 
-    def argv(self, req: ExecRequest) -> list[str]:
-        disk = str(req.limits.disk_mb * 1024 * 1024)
+    def argv(self, reqs: list[ExecRequest]) -> list[str]:
+        disk = str(max(r.limits.disk_mb for r in reqs) * 1024 * 1024)
         args = [self.bwrap, "--unshare-all", "--die-with-parent", "--new-session",
                 "--cap-drop", "ALL", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
                 "--ro-bind", "/usr", "/usr"]
@@ -64,24 +65,31 @@ class BwrapSandbox:
         return args + ["--remount-ro", "/", "--", self.python, "-c", RUNNER_SOURCE]
 
     def run(self, req: ExecRequest) -> ExecResult:
+        return self.run_batch([req])[0]
+
+    def run_many(self, reqs: list[ExecRequest]) -> list[ExecResult]:
+        return run_batch_or_each(self.run_batch, reqs)
+
+    def run_batch(self, reqs: list[ExecRequest]) -> list[ExecResult]:
         # RLIMIT_NPROC counts the uid's processes in the sandbox's own user namespace
-        payload = json.dumps(req.runner_input(nproc=req.limits.pids, kill_all=True))
+        payload = json.dumps({"batch": [r.runner_input(nproc=r.limits.pids, kill_all=True)
+                                        for r in reqs]})
         start = time.monotonic()
         try:
-            proc = subprocess.run(self.argv(req), input=payload.encode(), capture_output=True,
-                                  timeout=req.limits.timeout_s + GRACE_S,
+            proc = subprocess.run(self.argv(reqs), input=payload.encode(), capture_output=True,
+                                  timeout=sum(r.limits.timeout_s for r in reqs) + GRACE_S,
                                   preexec_fn=_drop_privileges(self.uid) if self.uid else None)
         except subprocess.TimeoutExpired:
-            return ExecResult.sandbox_failure(self.backend, time.monotonic() - start,
-                                              "sandbox did not answer within its wall limit")
+            return [ExecResult.sandbox_failure(self.backend, time.monotonic() - start,
+                                               "sandbox did not answer within its wall limit")] * len(reqs)
         try:
-            return ExecResult.from_runner(json.loads(proc.stdout), self.backend)
-        except (json.JSONDecodeError, KeyError):
+            return ExecResult.from_batch(proc.stdout, len(reqs), self.backend)
+        except (ValueError, KeyError):
             err = proc.stderr.decode(errors="replace")[-500:]
             if proc.returncode != 0 and "bwrap:" in err:
                 raise SandboxError(f"bwrap failed: {err.strip()}")
-            return ExecResult.sandbox_failure(self.backend, time.monotonic() - start,
-                                              f"the runner died (exit {proc.returncode}) {err}")
+            return [ExecResult.sandbox_failure(self.backend, time.monotonic() - start,
+                                               f"the runner died (exit {proc.returncode}) {err}")] * len(reqs)
 
     def close(self) -> None:
         pass

@@ -19,7 +19,8 @@ import threading
 import time
 
 from actors.sandbox.image import ensure_image
-from actors.sandbox.types import RUNNER_SOURCE, ExecRequest, ExecResult, SandboxError, SandboxLimits
+from actors.sandbox.types import (RUNNER_SOURCE, ExecRequest, ExecResult, SandboxError,
+                                  SandboxLimits, run_batch_or_each)
 
 GRACE_S = 10.0
 # PID 1 of each container: reaps orphans (so zombies never eat the pids limit) and is exempt
@@ -116,21 +117,30 @@ class DockerSandbox:
             pass
 
     def run(self, req: ExecRequest) -> ExecResult:
+        return self.run_batch([req])[0]
+
+    def run_many(self, reqs: list[ExecRequest]) -> list[ExecResult]:
+        return run_batch_or_each(self.run_batch, reqs)
+
+    def run_batch(self, reqs: list[ExecRequest]) -> list[ExecResult]:
+        """All of ``reqs`` in one exec of the runner, in one container, one after another."""
         container = self._acquire()
         start = time.monotonic()
+        deadline = start + sum(r.limits.timeout_s for r in reqs) + GRACE_S
         try:
-            out = self._exec(container, req, start + req.limits.timeout_s + GRACE_S)
-        except (OSError, socket.timeout, json.JSONDecodeError) as e:
+            results = ExecResult.from_batch(self._exec(container, reqs, deadline), len(reqs),
+                                            self.backend)
+        except (OSError, socket.timeout, ValueError, KeyError) as e:
             self._discard(container)   # a wedged or killed runner: never reuse that container
-            return ExecResult.sandbox_failure(self.backend, time.monotonic() - start,
-                                              f"the runner did not answer ({type(e).__name__})")
+            why = f"the runner did not answer ({type(e).__name__})"
+            return [ExecResult.sandbox_failure(self.backend, time.monotonic() - start, why)] * len(reqs)
         self.idle.put(container)
-        return ExecResult.from_runner(out, self.backend)
+        return results
 
-    def _exec(self, container, req: ExecRequest, deadline: float) -> dict:
+    def _exec(self, container, reqs: list[ExecRequest], deadline: float) -> bytes:
         api = self.client.api
         # the pids cgroup limits processes; RLIMIT_NPROC would count the uid across all containers
-        payload = json.dumps(req.runner_input(kill_all=True)).encode()
+        payload = json.dumps({"batch": [r.runner_input(kill_all=True) for r in reqs]}).encode()
         ex = api.exec_create(container.id, ["python3", "-c", RUNNER_SOURCE], stdin=True,
                              user=SANDBOX_UID, workdir="/work", environment={})
         sock = api.exec_start(ex["Id"], socket=True)
@@ -138,10 +148,9 @@ class DockerSandbox:
         try:
             raw.sendall(payload)
             raw.shutdown(socket.SHUT_WR)
-            data = read_exec_stdout(raw, deadline)
+            return read_exec_stdout(raw, deadline)
         finally:
             sock.close()
-        return json.loads(data)
 
     def close(self) -> None:
         with self.lock:

@@ -1,7 +1,7 @@
 """The in-sandbox runner: stdlib only, executed as ``python3 -c <this file>`` inside the sandbox.
 
-It reads one JSON request on stdin, writes the task's files into the (empty) work dir, runs the
-command as a child under resource limits, and prints one JSON result on stdout. Both backends
+It reads a JSON batch of requests on stdin; for each one it writes the task's files into the (emptied) work dir, runs the
+command as a child under resource limits; it prints the JSON results on stdout. Both backends
 (docker, bwrap) use it, so a program gets the same limits and the same verdicts on either.
 
 Why a child process: the untrusted program's stdout/stderr are pipes that we cap, so it can neither
@@ -172,14 +172,21 @@ def run(req: dict) -> dict:
     return result
 
 
-def main() -> None:
-    req = json.loads(sys.stdin.read())
+def run_one(req: dict) -> dict:
     try:
-        result = run(req)
+        return run(req)
     except Exception as e:   # the sandbox worked, the request did not: say so, don't hang
-        result = {"status": "error", "exit_code": None, "stdout": "",
-                  "stderr": f"evoray runner: {type(e).__name__}: {e}", "wall_s": 0.0}
-    sys.stdout.write(json.dumps(result))
+        return {"status": "error", "exit_code": None, "stdout": "",
+                "stderr": f"evoray runner: {type(e).__name__}: {e}", "wall_s": 0.0}
+
+
+def main() -> None:
+    """``{"batch": [request, ...]}`` in, ``{"results": [result, ...]}`` out. Requests of a batch
+    run one after another, each in a wiped work dir with nothing left running from the one before
+    — the same isolation as separate execs, without paying for a process launch into the sandbox
+    per request."""
+    batch = json.loads(sys.stdin.read())["batch"]
+    sys.stdout.write(json.dumps({"results": [run_one(req) for req in batch]}))
     sys.stdout.flush()
 
 

@@ -1,6 +1,7 @@
 """What a sandbox is asked to do and what it answers; shared by both backends."""
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,24 @@ class ExecResult:
                    backend, out.get("files", {}))
 
     @classmethod
+    def from_batch(cls, raw: bytes, n: int, backend: str) -> list["ExecResult"]:
+        """Parse the runner's answer to a batch of ``n``; raises ValueError when it is not one."""
+        results = json.loads(raw)["results"]
+        if len(results) != n:
+            raise ValueError(f"the runner answered {len(results)} results for {n} requests")
+        return [cls.from_runner(r, backend) for r in results]
+
+    @classmethod
     def sandbox_failure(cls, backend: str, wall_s: float, why: str) -> "ExecResult":
         """The runner never answered: the program killed it, or the wall limit hit the whole box."""
         return cls("killed", None, "", f"evoray: {why}", round(wall_s, 4), backend)
+
+
+def run_batch_or_each(run_batch, reqs: list[ExecRequest]) -> list[ExecResult]:
+    """One runner call for the whole batch; if the runner died (a program killed it), the batch's
+    requests are retried one by one, so one hostile program cannot fail its neighbours."""
+    results = run_batch(reqs)
+    if len(reqs) > 1 and all(r.status == "killed" and r.exit_code is None and
+                             r.stderr.startswith("evoray: ") for r in results):
+        return [run_batch([req])[0] for req in reqs]
+    return results

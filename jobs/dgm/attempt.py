@@ -81,6 +81,7 @@ class AttemptResult:
     outcomes: list[TaskOutcome] = field(default_factory=list)
     issue: dict = field(default_factory=dict)
     wall_s: float = 0.0
+    self_improve_log: str = ""
 
 
 def write_tree(root: Path, files: dict[str, str]) -> Path:
@@ -204,26 +205,27 @@ def admission(outcomes: list[TaskOutcome]) -> tuple[bool, str]:
 def run_attempt(sandbox, threads, spec: AttemptSpec) -> AttemptResult:
     t0 = time.monotonic()
 
-    def done(status: str, detail: str, outcomes=(), stage="none", patch="", issue=None):
+    issue = diagnose(spec.settings, spec.parent_files, spec.failed, spec.failed_task)
+    patch, _, log = self_improve(sandbox, spec.parent_files, issue, spec.settings)
+
+    def done(status: str, detail: str, outcomes=(), stage="none", patch=""):
         solved = sum(o.passed for o in outcomes)
         return AttemptResult(spec.child_id, status, solved / len(outcomes) if outcomes else 0.0,
                              stage, len(outcomes), solved, patch, detail, list(outcomes),
-                             issue or {}, time.monotonic() - t0)
+                             issue, time.monotonic() - t0, log)
 
-    issue = diagnose(spec.settings, spec.parent_files, spec.failed, spec.failed_task)
-    patch, _, _ = self_improve(sandbox, spec.parent_files, issue, spec.settings)
     if not patch.strip():
-        return done("rejected", "empty patch: the parent changed nothing", issue=issue)
+        return done("rejected", "empty patch: the parent changed nothing")
     child = check_patch_applies(spec.parent_files, patch)   # exactly what the archive rebuilds
     outcomes = evaluate(sandbox, threads, child, spec.stage1, spec.settings)
     ok, why = admission(outcomes)
     if not ok:
-        return done("rejected", why, outcomes, "stage1", patch, issue)
+        return done("rejected", why, outcomes, "stage1", patch)
     stage = "stage1"
     if spec.stage2 and sum(o.passed for o in outcomes) / len(outcomes) >= spec.threshold:
         outcomes += evaluate(sandbox, threads, child, spec.stage2, spec.settings)
         stage = "stage2"
-    return done("admitted", "", outcomes, stage, patch, issue)
+    return done("admitted", "", outcomes, stage, patch)
 
 
 def check_patch_applies(parent: dict[str, str], patch: str) -> dict[str, str]:

@@ -14,16 +14,17 @@ def start_gateway(cfg, run_name: str):
     import ray
 
     from actors.sampler import Sampler, SamplerSettings
-    from services.gateway import Gateway
+    from services.gateway import Gateway, active_routes
+    gateway_cfg = active_routes(cfg.gateway, os.environ)
     samplers = {}
-    for route in cfg.gateway.routes:
+    for route in gateway_cfg.routes:
         if route.backend == "sampler":
             settings = SamplerSettings(route.model or cfg.model.name, dtype=cfg.sampler.dtype,
                                        threads=cfg.sampler.threads)
             samplers[route.name] = ray.remote(Sampler).options(
                 name=f"{run_name}:sampler-{route.name}", num_cpus=cfg.sampler.num_cpus,
                 num_gpus=cfg.sampler.num_gpus).remote(settings)
-    keys = {r.api_key_env: os.environ[r.api_key_env] for r in cfg.gateway.routes
+    keys = {r.api_key_env: os.environ[r.api_key_env] for r in gateway_cfg.routes
             if r.backend == "openai" and r.api_key_env and r.api_key_env in os.environ}
     # a short path: AF_UNIX paths are limited to 107 bytes; 0755 so the sandbox user can reach it
     sock_dir = tempfile.mkdtemp(prefix="evoray-gw-")
@@ -31,9 +32,9 @@ def start_gateway(cfg, run_name: str):
     gateway = ray.remote(Gateway).options(
         name=f"{run_name}:gateway", num_cpus=0, max_concurrency=64,
         runtime_env={"env_vars": keys} if keys else None,
-    ).remote(cfg.gateway, str(Path(sock_dir) / "gateway.sock"), samplers)
+    ).remote(gateway_cfg, str(Path(sock_dir) / "gateway.sock"), samplers)
     info = ray.get(gateway.start.remote())
-    return gateway, info["url"], sock_dir, keys
+    return gateway, info["url"], sock_dir, keys, [r.name for r in gateway_cfg.routes]
 
 
 def start_workers(cfg, run_name: str, sock_dir: str, secret_names) -> list:
@@ -47,7 +48,7 @@ def start_workers(cfg, run_name: str, sock_dir: str, secret_names) -> list:
     blank = {"env_vars": {name: "" for name in secret_names}} if secret_names else None
     workers = [ray.remote(AttemptWorker).options(
         name=f"{run_name}:dgm-worker-{i}", num_cpus=cfg.loop.worker_num_cpus, runtime_env=blank,
-    ).remote(s.backend, limits, s.pool_size, sock_dir) for i in range(cfg.loop.workers)]
+    ).remote(s.backend, limits, s.pool_size, sock_dir, s.image) for i in range(cfg.loop.workers)]
     ray.get([w.backend.remote() for w in workers])
     return workers
 
@@ -57,8 +58,9 @@ def run_dgm(cfg, store, progress, export) -> None:
 
     from jobs.dgm.loop import DGMLoop
     run_name = store.root.name
-    progress.note(f"starting the gateway ({', '.join(r.name for r in cfg.gateway.routes)}) …")
-    gateway, url, sock_dir, keys = start_gateway(cfg, run_name)
+    gateway, url, sock_dir, keys, routes = start_gateway(cfg, run_name)
+    progress.note(f"gateway up: {url} and a socket for the sandboxes; models: {', '.join(routes)} "
+                  f"(default {cfg.agent.model or routes[0]})")
     token = ray.get(gateway.issue_token.remote(run_name))
     progress.note(f"starting {cfg.loop.workers} worker(s), {cfg.sandbox.backend} sandboxes "
                   f"× {cfg.sandbox.pool_size} …")

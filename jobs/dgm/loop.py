@@ -100,9 +100,12 @@ class DGMLoop:
         import ray
         self.progress.note(f"evaluating the initial agent on {len(self.stage1) + len(self.stage2)} tasks …")
         t0 = time.monotonic()
-        files = read_tree(self.seed_dir)
-        outcomes = ray.get(self.workers[0].evaluate.remote(files, self.stage1 + self.stage2,
-                                                           self.settings))
+        files, tasks = read_tree(self.seed_dir), self.stage1 + self.stage2
+        parts = [tasks[i::len(self.workers)] for i in range(len(self.workers))]   # all workers help
+        done = ray.get([w.evaluate.remote(files, part, self.settings)
+                        for w, part in zip(self.workers, parts) if part])
+        by_id = {o.task_id: o for part in done for o in part}
+        outcomes = [by_id[t.task_id] for t in tasks]
         solved = sum(o.passed for o in outcomes)
         self.save_evals(INITIAL, outcomes, {})
         self.archive.add(ArchiveRow(
@@ -155,8 +158,9 @@ class DGMLoop:
             row = ArchiveRow(r.child_id, ev["parent"], ev["generation"], r.status, r.score, r.stage,
                              r.n_tasks, r.patch, n_solved=r.n_solved, attempt=attempt,
                              wall_s=r.wall_s, detail=r.detail[:500])
-            if r.outcomes:
-                self.save_evals(r.child_id, r.outcomes, {"issue": r.issue})
+            # the diagnosis and the parent's transcript of its self-edit: why this child exists
+            self.save_evals(r.child_id, r.outcomes, {"issue": r.issue,
+                                                     "self_improve_log": r.self_improve_log})
         else:   # the attempt itself failed (a crash, a lost worker): recorded, never retried silently
             row = ArchiveRow(child_id(attempt), ev["parent"], ev["generation"], "error", 0.0, "none",
                              0, "", attempt=attempt, detail=f"{type(result).__name__}: {result}"[:500])

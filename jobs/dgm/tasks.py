@@ -155,20 +155,36 @@ def repo_tasks(path: str | Path) -> list[CodeTask]:
 
 # --- scoring -----------------------------------------------------------------------------------
 
-def score_task(sandbox, task: CodeTask, repo_files: dict[str, str],
-               limits: SandboxLimits | None = None) -> TaskResult:
-    """Run the hidden tests against ``repo_files`` in a fresh exec; test files win over any
-    same-named file the agent wrote, so a planted fake test is overwritten."""
+def scoring_request(task: CodeTask, repo_files: dict[str, str],
+                    limits: SandboxLimits | None = None) -> ExecRequest:
+    """The hidden tests against ``repo_files``; test files win over any same-named file the agent
+    wrote, so a planted fake test is overwritten."""
     lim = replace(limits or SandboxLimits(), timeout_s=task.timeout_s)
-    req = ExecRequest(list(task.test_command), {**repo_files, **task.test_files}, limits=lim)
-    res = sandbox.run(req)
+    return ExecRequest(list(task.test_command), {**repo_files, **task.test_files}, limits=lim)
+
+
+def verdict(task: CodeTask, res) -> TaskResult:
     passed = res.status == "ok" and (not task.pass_marker or task.pass_marker in res.stdout)
     return TaskResult(task.task_id, passed, res.status, res.wall_s,
                       res.stdout[-TAIL_CHARS:], res.stderr[-TAIL_CHARS:])
 
 
+def score_task(sandbox, task: CodeTask, repo_files: dict[str, str],
+               limits: SandboxLimits | None = None) -> TaskResult:
+    """Run the hidden tests in a fresh exec the agent never saw."""
+    return verdict(task, sandbox.run(scoring_request(task, repo_files, limits)))
+
+
 def score_many(sandbox, items: list[tuple[CodeTask, dict[str, str]]], threads: int = 2,
-               limits: SandboxLimits | None = None) -> list[TaskResult]:
-    """Score (task, repo_files) pairs, ``threads`` at once; results in the order of ``items``."""
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        return list(pool.map(lambda it: score_task(sandbox, it[0], it[1], limits), items))
+               limits: SandboxLimits | None = None, batch: int = 16) -> list[TaskResult]:
+    """Score (task, repo_files) pairs, ``threads`` batches at once (one sandbox call per batch of
+    up to ``batch`` items); results in the order of ``items``."""
+    threads = max(1, threads)
+    size = max(1, min(batch, -(-len(items) // threads)))
+    chunks = [items[i:i + size] for i in range(0, len(items), size)]
+
+    def score_chunk(chunk):
+        results = sandbox.run_many([scoring_request(t, files, limits) for t, files in chunk])
+        return [verdict(t, r) for (t, _), r in zip(chunk, results)]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return [r for rs in pool.map(score_chunk, chunks) for r in rs]

@@ -10,8 +10,9 @@ from jobs.dgm.tasks import CodeTask
 
 
 class AttemptWorker:
-    def __init__(self, backend: str, limits, pool_size: int, gateway_dir: str):
-        self.sandbox = make_sandbox(backend, limits, pool_size, gateway_dir)
+    def __init__(self, backend: str, limits, pool_size: int, gateway_dir: str,
+                 image: str | None = None):
+        self.sandbox = make_sandbox(backend, limits, pool_size, gateway_dir, image)
         if hasattr(self.sandbox, "warm"):
             self.sandbox.warm()
         self.threads = ThreadPoolExecutor(max_workers=pool_size)
