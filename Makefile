@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.evoray-installed
 PYTEST  ?= -q
 
-.PHONY: install demo baseline collapse smoke test bench-weight-sync sandbox-image clean
+.PHONY: install demo baseline collapse smoke dgm-demo dgm-smoke test bench-weight-sync bench-sandbox bench-dgm-scheduler sandbox-image clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,19 @@ collapse: $(STAMP)
 
 smoke: $(STAMP)
 	$(VENV)/bin/evoray run jobs/configs/srt-smoke.yaml
+
+# DGM: with OPENAI_API_KEY set, the external model is the foundation model; else SmolLM2
+dgm-demo: $(STAMP)
+	$(VENV)/bin/evoray run jobs/configs/dgm-demo.yaml --run-dir runs/dgm-demo-$$(date +%Y%m%d-%H%M%S)
+
+dgm-smoke: $(STAMP)
+	$(VENV)/bin/evoray run jobs/configs/dgm-smoke.yaml
+
+bench-sandbox: $(STAMP)
+	$(VENV)/bin/evoray bench sandbox
+
+bench-dgm-scheduler: $(STAMP)
+	$(VENV)/bin/evoray bench dgm-scheduler
 
 # the docker sandbox's image, built locally (debootstrap + docker import; no registry)
 sandbox-image: $(STAMP)

@@ -14,23 +14,11 @@ from pathlib import Path
 from typing import Optional
 
 from services.archive import ARCHIVE_FILE, Archive, ArchiveRow
-from services.run_store import atomic_write
+from services.report import _new_figure, _save_png   # report.py imports this module lazily
 
 LINEAGE_PNG = "dgm_lineage.png"
 PROGRESS_PNG = "dgm_progress.png"
 _NON_ADMITTED_WIDTH = 0.6   # rejected/error leaves take less room: they end their branch
-
-
-def _new_figure(figsize):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=figsize, dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save_png(fig, path: Path) -> None:
-    atomic_write(path, lambda p: fig.savefig(p, format="png", bbox_inches="tight", pad_inches=0.12))
 
 
 def best_agent(rows: list[ArchiveRow]) -> Optional[ArchiveRow]:
