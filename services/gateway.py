@@ -286,6 +286,13 @@ class Gateway:
             self.runs.setdefault(run, {**empty_usage(), "models": {}})
         return token
 
+    def restore_usage(self, run: str, usage: dict) -> None:
+        """Carry a resumed run's earlier usage over, so its budget spans the whole run."""
+        with self.lock:
+            total = self.runs.setdefault(run, {**empty_usage(), "models": {}})
+            for key in ("requests", "prompt_tokens", "completion_tokens", "cost_usd"):
+                total[key] += usage.get(key, 0)
+
     def usage(self, run: str | None = None) -> dict:
         """One run's usage (with a per-model breakdown), or every run's keyed by run id."""
         with self.lock:

@@ -194,5 +194,15 @@ def test_assignment_is_validated():
     None, marks=pytest.mark.skip(reason="no YAML files under jobs/configs/ yet (the glob is empty)"))],
     ids=lambda p: str(p.relative_to(REPO)) if p else "none")
 def test_shipped_configs_load(path):
+    from services.config import JOBS
     cfg = load_config(path)
-    assert isinstance(cfg, SRTConfig)
+    assert isinstance(cfg, JOBS[cfg.job]) and path.stem.startswith(cfg.job)
+
+
+def test_dgm_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"loop.selection: .*unknown parent selection 'bestest'"):
+        load_config(write(tmp_path, "job: dgm\nloop: {selection: bestest}\n"))
+    with pytest.raises(ConfigError, match=r"sandbox.pool_sise: unknown key"):
+        load_config(write(tmp_path, "job: dgm\nsandbox: {pool_sise: 2}\n"))
+    with pytest.raises(ConfigError, match=r"tasks: .*benchmark 'repo' needs path"):
+        load_config(write(tmp_path, "job: dgm\ntasks: {benchmark: repo}\n"))

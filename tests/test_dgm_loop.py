@@ -154,3 +154,17 @@ def test_kill_and_resume_loses_nothing(tmp_path):
     resumed = [e for e in lines if e["event"] == "run_started"][-1]
     assert resumed["resumed"] == [1]
     assert len([e for e in lines if e["event"] == "attempt_started"]) == 2   # no second child
+
+
+@pytest.mark.slow
+def test_spent_budget_stops_new_attempts(tmp_path):
+    diagnosis = [{"match": "You improve a coding agent", "reply": issue("ISSUE-IMPROVE")}]
+    config = write_config(tmp_path, diagnosis, 3, 6)
+    run_dir = tmp_path / "run"
+    out = evoray("run", str(config), "--run-dir", str(run_dir), "--set", "gateway.max_tokens=30")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert set(rows(run_dir)) == {"initial"}   # no attempt started, none recorded as an error
+    events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
+    spent = [e for e in events if e["event"] == "budget_spent"]
+    assert len(spent) == 1 and "token budget spent" in spent[0]["detail"]
+    assert not [e for e in events if e["event"] == "attempt_started"]

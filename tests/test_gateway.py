@@ -487,3 +487,14 @@ def test_optional_route_without_key_is_left_out(monkeypatch):
     assert [r.name for r in with_key.routes] == ["ext", "local"] and with_key.default_model == "ext"
     with pytest.raises(ValueError, match="no gateway route is usable"):
         active_routes(GatewayConfig(routes=[cfg.routes[0]]), {})
+
+
+def test_restored_usage_counts_against_the_budget():
+    gw = Gateway(GatewayConfig(routes=[ModelRoute(name="m", backend="sampler")], max_tokens=100),
+                 None, {"m": FakeSampler()})
+    token = gw.issue_token("run")
+    gw.restore_usage("run", {"prompt_tokens": 100, "cost_usd": 0.5})
+    assert gw.usage("run")["prompt_tokens"] == 100 and gw.usage("run")["cost_usd"] == 0.5
+    status, reply = gw.handle("POST", "/v1/chat/completions", f"Bearer {token}",
+                              json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode())
+    assert status == 429 and reply["error"]["type"] == "budget_exceeded"

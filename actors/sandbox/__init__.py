@@ -1,12 +1,10 @@
 """Isolated code execution: one interface, two backends (docker, bwrap).
 
-``make_sandbox("auto")`` picks docker when an engine answers, else bubblewrap. ``SandboxWorker`` is
-the Ray actor: it owns one backend (for docker, a pool of warm containers) and runs requests on as
-many threads as the pool has containers.
+``make_sandbox("auto")`` picks docker when an engine answers, else bubblewrap. Both are thread-safe
+and answer ``run(req)``, ``run_many(reqs)`` (one runner call for the batch) and ``close()``; the
+Ray actor that holds one is ``jobs.dgm.worker.AttemptWorker``.
 """
 from __future__ import annotations
-
-from concurrent.futures import ThreadPoolExecutor
 
 from actors.sandbox.types import (STATUSES, ExecRequest, ExecResult, SandboxError,  # noqa: F401
                                   SandboxLimits)
@@ -35,31 +33,3 @@ def make_sandbox(backend: str = "auto", limits: SandboxLimits | None = None, poo
         return DockerSandbox(limits, pool_size=pool_size, image=image, gateway_dir=gateway_dir)
     from actors.sandbox.bwrap import BwrapSandbox
     return BwrapSandbox(gateway_dir=gateway_dir)
-
-
-class SandboxWorker:
-    """A Ray actor around one backend; ``pool_size`` tasks run at once (threads, not processes:
-    the work happens in the sandbox, the actor only waits)."""
-
-    def __init__(self, backend: str = "auto", limits: SandboxLimits | None = None,
-                 pool_size: int = 1, gateway_dir: str | None = None):
-        self.sandbox = make_sandbox(backend, limits, pool_size, gateway_dir)
-        self.pool_size = pool_size
-        self.threads = ThreadPoolExecutor(max_workers=pool_size)
-        if hasattr(self.sandbox, "warm"):
-            self.sandbox.warm()
-
-    def backend(self) -> str:
-        return self.sandbox.backend
-
-    def run(self, req: ExecRequest) -> ExecResult:
-        return self.sandbox.run(req)
-
-    def run_many(self, reqs: list[ExecRequest]) -> list[ExecResult]:
-        """Split over the pool; each part is one batch (one runner call) in one sandbox."""
-        k = -(-len(reqs) // self.pool_size) or 1
-        parts = [reqs[i:i + k] for i in range(0, len(reqs), k)]
-        return [r for rs in self.threads.map(self.sandbox.run_many, parts) for r in rs]
-
-    def close(self) -> None:
-        self.sandbox.close()

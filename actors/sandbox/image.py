@@ -1,8 +1,7 @@
 """The sandbox image, built on first use when it is missing — without any registry.
 
 ``docker/sandbox/build-base.sh`` makes the base (a debootstrap'd Debian minbase + python3, loaded
-with ``docker import``); ``docker/sandbox/Dockerfile`` adds the non-root user. The image tag carries
-a hash of that directory, so editing the Dockerfile builds a new image instead of reusing a stale one.
+with ``docker import``); ``docker/sandbox/Dockerfile`` adds the non-root user.
 """
 from __future__ import annotations
 
@@ -17,10 +16,9 @@ BASE_IMAGE = "evoray-sandbox-base:bookworm"
 
 
 def default_tag() -> str:
-    h = hashlib.sha256()
-    for p in sorted(SANDBOX_DIR.iterdir()):
-        h.update(p.name.encode() + p.read_bytes())
-    return f"evoray-sandbox:{h.hexdigest()[:12]}"
+    """Named by the Dockerfile's hash: a changed Dockerfile is a new image, not a stale reuse."""
+    digest = hashlib.sha256((SANDBOX_DIR / "Dockerfile").read_bytes()).hexdigest()
+    return f"evoray-sandbox:{digest[:12]}"
 
 
 def _has(client, tag: str) -> bool:

@@ -62,6 +62,11 @@ def run_dgm(cfg, store, progress, export) -> None:
     progress.note(f"gateway up: {url} and a socket for the sandboxes; models: {', '.join(routes)} "
                   f"(default {cfg.agent.model or routes[0]})")
     token = ray.get(gateway.issue_token.remote(run_name))
+    earlier = {m: v for m, v in ((n, store.metric_series(n)) for n in ("gateway/tokens", "gateway/cost_usd")) if v}
+    if earlier:   # a resumed run: its budget counts what it already spent
+        ray.get(gateway.restore_usage.remote(run_name, {
+            "prompt_tokens": int(earlier.get("gateway/tokens", [(0, 0)])[-1][1]),
+            "cost_usd": earlier.get("gateway/cost_usd", [(0, 0.0)])[-1][1]}))
     progress.note(f"starting {cfg.loop.workers} worker(s), {cfg.sandbox.backend} sandboxes "
                   f"× {cfg.sandbox.pool_size} …")
     workers = start_workers(cfg, run_name, sock_dir, keys)

@@ -34,6 +34,21 @@ SEED_AGENT = Path(__file__).parent / "seed_agent"
 INITIAL = "initial"
 
 
+class BudgetSpent(RuntimeError):
+    """The run's gateway budget is used up: no new attempt starts (none is recorded as failed)."""
+
+
+def budget_left(gateway_cfg, usage: dict) -> str | None:
+    """None while the run may still call the model, else which budget is spent."""
+    tokens = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
+    if gateway_cfg.max_tokens is not None and tokens >= gateway_cfg.max_tokens:
+        return f"token budget spent ({tokens} of {gateway_cfg.max_tokens})"
+    cost = usage.get("cost_usd", 0.0)
+    if gateway_cfg.max_cost_usd is not None and cost >= gateway_cfg.max_cost_usd:
+        return f"cost budget spent (${cost:.4f} of ${gateway_cfg.max_cost_usd})"
+    return None
+
+
 def load_tasks(cfg) -> tuple[list[CodeTask], list[CodeTask]]:
     """The fixed stage-1 and stage-2 task lists (the same for every agent, so scores compare)."""
     t = cfg.tasks
@@ -65,6 +80,7 @@ class DGMLoop:
         self.archive = Archive.load(store.root / "archive.parquet")
         self.usage = usage or (lambda: {})
         self.files_cache: dict[str, dict[str, str]] = {}
+        self.stopped = ""
         a, s = cfg.agent, cfg.sandbox
         self.settings = AgentSettings(
             gateway_url, token, a.model, a.max_steps, a.max_tokens, a.temperature,
@@ -128,6 +144,9 @@ class DGMLoop:
         return started
 
     def launch(self, attempt: int, generation: int):
+        spent = budget_left(self.cfg.gateway, self.usage() or {})
+        if spent:
+            raise BudgetSpent(spent)
         started = self.started_attempts().get(attempt)
         rng = random.Random(f"{self.cfg.loop.seed}:{attempt}")
         if started:    # a resumed attempt keeps its parent: the same child, not a second one
@@ -151,6 +170,13 @@ class DGMLoop:
         return worker.attempt.remote(spec)
 
     def on_done(self, attempt: int, result) -> None:
+        if isinstance(result, BudgetSpent):   # never launched: not an agent, not an error
+            if not self.stopped:
+                self.stopped = str(result)
+                self.store.event("budget_spent", len(self.archive) - 1, detail=str(result))
+                self.progress.note(f"stopping: {result}; raise it in {self.store.root}/config.yaml and "
+                                   f"`evoray resume {self.store.root}` to go on")
+            return
         self.free.append(self.busy.pop(attempt))
         ev = self.started_attempts()[attempt]
         if isinstance(result, AttemptResult):
