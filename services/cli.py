@@ -166,5 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run_entrypoint() -> None:
+    """``python -m jobs.NAME CONFIG.yaml [...]`` is ``evoray run CONFIG.yaml [...]``: the
+    entrypoint ``ray job submit`` runs."""
+    sys.exit(main(["run", *sys.argv[1:]]))
+
+
 if __name__ == "__main__":
     sys.exit(main())

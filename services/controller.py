@@ -52,16 +52,21 @@ class Roles:
                 "time/sync_s": seconds}
 
 
+def sampler_settings(s, model: str) -> SamplerSettings:
+    """``SamplerSettings`` from a config's ``sampler:`` section."""
+    return SamplerSettings(
+        model=model, backend=s.backend, dtype=s.dtype, threads=s.threads,
+        device="cuda" if s.num_gpus > 0 else "cpu", system_prompt=s.system_prompt,
+        tensor_parallel_size=s.tensor_parallel_size, gpu_memory_utilization=s.gpu_memory_utilization)
+
+
 def start_roles(cfg, run_name: str) -> Roles:
     """Create the sampler and learner actors for ``cfg`` (an SRT-shaped config), named per run."""
     import ray
     s, lc = cfg.sampler, cfg.learner
-    sampler_settings = SamplerSettings(
-        model=cfg.model.name, backend=s.backend, dtype=s.dtype, threads=s.threads,
-        device="cuda" if s.num_gpus > 0 else "cpu", system_prompt=s.system_prompt,
-        tensor_parallel_size=s.tensor_parallel_size, gpu_memory_utilization=s.gpu_memory_utilization)
+    settings = sampler_settings(s, cfg.model.name)
     samplers = [ray.remote(Sampler).options(name=f"{run_name}:sampler-{i}", num_cpus=s.num_cpus,
-                                            num_gpus=s.num_gpus).remote(sampler_settings)
+                                            num_gpus=s.num_gpus).remote(settings)
                 for i in range(s.num_actors)]
     learner_settings = LearnerSettings(
         model=cfg.model.name, lr=lc.lr, weight_decay=lc.weight_decay, betas=tuple(lc.betas),

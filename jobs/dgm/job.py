@@ -13,14 +13,15 @@ def start_gateway(cfg, run_name: str):
     """The gateway actor (+ one sampler actor per ``sampler`` route); (handle, url, socket dir)."""
     import ray
 
-    from actors.sampler import Sampler, SamplerSettings
+    from actors.sampler import Sampler
+    from services.controller import sampler_settings
     from services.gateway import Gateway, active_routes
     gateway_cfg = active_routes(cfg.gateway, os.environ)
     samplers = {}
     for route in gateway_cfg.routes:
         if route.backend == "sampler":
-            settings = SamplerSettings(route.model or cfg.model.name, dtype=cfg.sampler.dtype,
-                                       threads=cfg.sampler.threads)
+            # the embedded model on CPU, or vLLM on GPUs (sampler.backend: vllm, num_gpus: 1)
+            settings = sampler_settings(cfg.sampler, route.model or cfg.model.name)
             samplers[route.name] = ray.remote(Sampler).options(
                 name=f"{run_name}:sampler-{route.name}", num_cpus=cfg.sampler.num_cpus,
                 num_gpus=cfg.sampler.num_gpus).remote(settings)

@@ -1,8 +1,5 @@
-"""``python -m jobs.srt CONFIG.yaml [--set k=v ...] [--run-dir DIR]`` — the entrypoint that
-``ray job submit`` runs; identical to ``evoray run``."""
-import sys
-
-from services.cli import main
+"""``python -m jobs.srt CONFIG.yaml [--set k=v ...] [--run-dir DIR]``: the same as ``evoray run``."""
+from services.cli import run_entrypoint
 
 if __name__ == "__main__":
-    sys.exit(main(["run", *sys.argv[1:]]))
+    run_entrypoint()
