@@ -185,7 +185,7 @@ class GatewayConfig(Strict):
     default_model: Optional[str] = None         # for requests naming no model; default: first route
     max_tokens: Optional[int] = Field(None, ge=0, description="per-run budget, prompt + completion")
     max_cost_usd: Optional[float] = Field(None, ge=0, description="per-run budget")
-    tcp_host: str = "127.0.0.1"
+    tcp_host: str = "127.0.0.1"   # 0.0.0.0 on a multi-node cluster: workers' relays connect here
     tcp_port: int = Field(0, ge=0, le=65535, description="0: any free port")
     request_timeout_s: float = Field(300, gt=0)
 

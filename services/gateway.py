@@ -267,6 +267,8 @@ class Gateway:
                 server.gateway = self
                 threading.Thread(target=server.serve_forever, args=(0.1,), daemon=True).start()
             host, port = self.servers[0].server_address[:2]
+            if host in ("0.0.0.0", ""):   # bound to every interface: hand out one others can reach
+                host = socket.gethostbyname(socket.gethostname())
             self.address = {"url": f"http://{host}:{port}/v1", "socket": self.socket_path}
         return self.address
 

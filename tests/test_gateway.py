@@ -498,3 +498,26 @@ def test_restored_usage_counts_against_the_budget():
     status, reply = gw.handle("POST", "/v1/chat/completions", f"Bearer {token}",
                               json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode())
     assert status == 429 and reply["error"]["type"] == "budget_exceeded"
+
+
+def test_relay_carries_requests_from_a_unix_socket_to_the_tcp_gateway(tmp_path, monkeypatch):
+    """What a sandbox on any node does: speak HTTP to the relay's Unix socket."""
+    from services.gateway_relay import SocketRelay
+    from urllib.parse import urlsplit
+    gw = Gateway(GatewayConfig(routes=[ModelRoute(name="m", backend="sampler")]), None,
+                 {"m": FakeSampler(text="via relay")})
+    url = urlsplit(gw.start()["url"])
+    relay = SocketRelay((url.hostname, url.port))
+    try:
+        assert oct(os.stat(relay.path).st_mode & 0o777) == "0o666"
+        monkeypatch.setenv("EVORAY_GATEWAY", f"unix://{relay.path}")
+        monkeypatch.setenv("EVORAY_GATEWAY_TOKEN", gw.issue_token("run"))
+        client = load_client()
+        assert [client.chat("hi") for _ in range(3)] == ["via relay"] * 3
+        monkeypatch.setenv("EVORAY_GATEWAY_TOKEN", "forged")
+        with pytest.raises(client.GatewayError) as e:
+            client.chat("hi")
+        assert e.value.status == 401   # the relay adds no authority of its own
+    finally:
+        relay.close()
+        gw.stop()

@@ -238,3 +238,51 @@ def test_batch_items_are_isolated_and_a_runner_killer_spares_its_neighbours(sand
     results = sandbox.run_many([reqs[0], killer, reqs[1]])
     assert [r.status for r in results] == ["ok", "killed", "ok"]
     assert results[2].stdout.strip() == "['main.py'] []"
+
+
+@pytest.mark.parametrize("backend", ["bwrap", "docker"])
+def test_the_gateway_socket_is_the_only_way_out(backend):
+    """A sandbox reaches the model gateway through the relay's socket (read-only mount) and
+    nothing else; the token, not the mount, is what authorises a request."""
+    from urllib.parse import urlsplit
+
+    from services.config import GatewayConfig, ModelRoute
+    from services.gateway import Gateway
+    from services.gateway_relay import SocketRelay
+    if backend == "docker":
+        _docker_or_skip()
+
+    class Echo:
+        def chat_batch(self, requests, seed=None):
+            return [{"text": "pong", "prompt_tokens": 1, "completion_tokens": 1, "finished": True}
+                    for _ in requests]
+    gw = Gateway(GatewayConfig(routes=[ModelRoute(name="m", backend="sampler")]), None, {"m": Echo()})
+    url = urlsplit(gw.start()["url"])
+    relay = SocketRelay((url.hostname, url.port))
+    sb = make_sandbox(backend, LIMITS, gateway_dir=relay.dir)
+    try:
+        code = textwrap.dedent("""
+            import http.client, json, os, socket
+            class Unix(http.client.HTTPConnection):
+                def connect(self):
+                    self.sock = socket.socket(socket.AF_UNIX)
+                    self.sock.connect("/run/evoray/gateway.sock")
+            c = Unix("localhost")
+            c.request("POST", "/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "ping"}]}),
+                      {"Authorization": "Bearer " + os.environ["EVORAY_GATEWAY_TOKEN"]})
+            print(json.loads(c.getresponse().read())["choices"][0]["message"]["content"])
+            try:
+                open("/run/evoray/planted", "w")
+                print("WROTE")
+            except OSError as e:
+                print("read-only", type(e).__name__)
+            """)
+        req = ExecRequest.program(code, limits=LIMITS)
+        req.env = {"EVORAY_GATEWAY_TOKEN": gw.issue_token("sandboxed")}
+        r = sb.run(req)
+        assert (r.status, r.stdout.split()) == ("ok", ["pong", "read-only", "OSError"]), r.stderr
+        assert gw.usage("sandboxed")["requests"] == 1
+    finally:
+        sb.close()
+        relay.close()
+        gw.stop()

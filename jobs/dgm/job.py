@@ -3,8 +3,7 @@ and drive the loop. API keys go to the gateway actor's environment and nowhere e
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
+from urllib.parse import urlsplit
 
 from actors.sandbox import SandboxLimits
 
@@ -27,29 +26,27 @@ def start_gateway(cfg, run_name: str):
                 num_gpus=cfg.sampler.num_gpus).remote(settings)
     keys = {r.api_key_env: os.environ[r.api_key_env] for r in gateway_cfg.routes
             if r.backend == "openai" and r.api_key_env and r.api_key_env in os.environ}
-    # a short path: AF_UNIX paths are limited to 107 bytes; 0755 so the sandbox user can reach it
-    sock_dir = tempfile.mkdtemp(prefix="evoray-gw-")
-    os.chmod(sock_dir, 0o755)
     gateway = ray.remote(Gateway).options(
         name=f"{run_name}:gateway", num_cpus=0, max_concurrency=64,
         runtime_env={"env_vars": keys} if keys else None,
-    ).remote(gateway_cfg, str(Path(sock_dir) / "gateway.sock"), samplers)
-    info = ray.get(gateway.start.remote())
-    return gateway, info["url"], sock_dir, keys, [r.name for r in gateway_cfg.routes]
+    ).remote(gateway_cfg, None, samplers)
+    url = ray.get(gateway.start.remote())["url"]
+    return gateway, url, keys, [r.name for r in gateway_cfg.routes]
 
 
-def start_workers(cfg, run_name: str, sock_dir: str, secret_names) -> list:
+def start_workers(cfg, run_name: str, url: str, secret_names) -> list:
     import ray
 
     from jobs.dgm.worker import AttemptWorker
     s = cfg.sandbox
+    host, port = urlsplit(url).hostname, urlsplit(url).port
     limits = SandboxLimits(timeout_s=s.agent_timeout_s, memory_mb=s.memory_mb, pids=s.pids,
                            cpus=s.cpus, disk_mb=s.disk_mb)
     # workers never hold a key, even where Ray would hand them the driver's environment
     blank = {"env_vars": {name: "" for name in secret_names}} if secret_names else None
     workers = [ray.remote(AttemptWorker).options(
         name=f"{run_name}:dgm-worker-{i}", num_cpus=cfg.loop.worker_num_cpus, runtime_env=blank,
-    ).remote(s.backend, limits, s.pool_size, sock_dir, s.image) for i in range(cfg.loop.workers)]
+    ).remote(s.backend, limits, s.pool_size, (host, port), s.image) for i in range(cfg.loop.workers)]
     ray.get([w.backend.remote() for w in workers])
     return workers
 
@@ -59,7 +56,7 @@ def run_dgm(cfg, store, progress, export) -> None:
 
     from jobs.dgm.loop import DGMLoop
     run_name = store.root.name
-    gateway, url, sock_dir, keys, routes = start_gateway(cfg, run_name)
+    gateway, url, keys, routes = start_gateway(cfg, run_name)
     progress.note(f"gateway up: {url} and a socket for the sandboxes; models: {', '.join(routes)} "
                   f"(default {cfg.agent.model or routes[0]})")
     token = ray.get(gateway.issue_token.remote(run_name))
@@ -70,7 +67,7 @@ def run_dgm(cfg, store, progress, export) -> None:
             "cost_usd": earlier.get("gateway/cost_usd", [(0, 0.0)])[-1][1]}))
     progress.note(f"starting {cfg.loop.workers} worker(s), {cfg.sandbox.backend} sandboxes "
                   f"× {cfg.sandbox.pool_size} …")
-    workers = start_workers(cfg, run_name, sock_dir, keys)
+    workers = start_workers(cfg, run_name, url, keys)
     progress.note(f"sandbox backend: {ray.get(workers[0].backend.remote())}")
 
     def usage() -> dict:
