@@ -24,10 +24,10 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Literal, Optional, Protocol
+from typing import Optional, Protocol
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError
 
 from services.config import EMBEDDED_MODEL, GatewayConfig, ModelRoute, Strict
 

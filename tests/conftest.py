@@ -62,3 +62,22 @@ def tiny_lm(tmp_path_factory) -> str:
     build_model().save_pretrained(path)
     build_tokenizer().save_pretrained(path)
     return str(path)
+
+
+def require_docker() -> None:
+    """Skip (with the reason) where no Docker engine answers — fail instead under
+    EVORAY_REQUIRE_DOCKER=1, which CI sets so the docker tests can never silently vanish there."""
+    import os
+
+    from actors.sandbox import docker_available
+    why = docker_available()
+    if why is None:
+        return
+    if os.environ.get("EVORAY_REQUIRE_DOCKER") == "1":
+        pytest.fail(f"EVORAY_REQUIRE_DOCKER=1 but {why}")
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    require_docker()

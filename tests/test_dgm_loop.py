@@ -54,14 +54,15 @@ SELF_IMPROVE_RULES = [
 ]
 
 
-def write_config(tmp_path: Path, diagnosis_rules: list, attempts: int, agent_timeout: float) -> Path:
+def write_config(tmp_path: Path, diagnosis_rules: list, attempts: int, agent_timeout: float,
+                 backend: str = "bwrap") -> Path:
     replies = tmp_path / "replies.yaml"
     # diagnosis first: its prompt quotes the agent's code and task logs, which other rules match
     replies.write_text(yaml.safe_dump(diagnosis_rules + SELF_IMPROVE_RULES + TASK_RULES))
     cfg = {
         "job": "dgm", "name": "dgm-test",
         "gateway": {"routes": [{"name": "scripted", "backend": "replay", "replies": str(replies)}]},
-        "sandbox": {"backend": "bwrap", "pool_size": 2, "agent_timeout_s": agent_timeout,
+        "sandbox": {"backend": backend, "pool_size": 2, "agent_timeout_s": agent_timeout,
                     "test_timeout_s": 5},
         "tasks": {"benchmark": "humaneval", "ids": ["HumanEval/53", "HumanEval/23"],
                   "stage1": 2, "stage2": 0, "shuffle_seed": None},
@@ -84,11 +85,14 @@ def rows(run_dir: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_improve_break_hang(tmp_path):
+@pytest.mark.parametrize("backend", ["bwrap", "docker"])
+def test_improve_break_hang(tmp_path, backend, request):
+    if backend == "docker":
+        request.getfixturevalue("docker_engine")
     diagnosis = [{"match": "You improve a coding agent", "reply": issue(f"ISSUE-{kind}"), "times": 1}
                  for kind in ("IMPROVE", "BREAK", "HANG")]
     run_dir = tmp_path / "run"
-    out = evoray("run", str(write_config(tmp_path, diagnosis, 3, 6)), "--run-dir", str(run_dir))
+    out = evoray("run", str(write_config(tmp_path, diagnosis, 3, 6, backend)), "--run-dir", str(run_dir))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     a = rows(run_dir)
     assert set(a) == {"initial", "a0000", "a0001", "a0002"}

@@ -17,25 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from actors.sandbox import ExecRequest, SandboxLimits, docker_available, make_sandbox
+from actors.sandbox import ExecRequest, SandboxLimits, make_sandbox
 
 LIMITS = SandboxLimits(timeout_s=4, memory_mb=256, pids=64, disk_mb=32, output_bytes=64 * 1024)
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _docker_or_skip():
-    why = docker_available()
-    if why is None:
-        return
-    if os.environ.get("EVORAY_REQUIRE_DOCKER") == "1":
-        pytest.fail(f"EVORAY_REQUIRE_DOCKER=1 but {why}")
-    pytest.skip(why)
-
-
 @pytest.fixture(scope="module", params=["bwrap", "docker"])
 def sandbox(request):
     if request.param == "docker":
-        _docker_or_skip()
+        request.getfixturevalue("docker_engine")
     sb = make_sandbox(request.param, LIMITS, pool_size=1)
     yield sb
     sb.close()
@@ -195,9 +186,9 @@ def test_killing_the_runner_is_reported(sandbox):
 # the CLI contract
 
 @pytest.mark.parametrize("backend", ["bwrap", "docker"])
-def test_cli_sandbox_exec(backend, tmp_path):
+def test_cli_sandbox_exec(backend, tmp_path, request):
     if backend == "docker":
-        _docker_or_skip()
+        request.getfixturevalue("docker_engine")
     prog = tmp_path / "p.py"
     prog.write_text("import sys\nprint(sys.stdin.read().upper())\nsys.exit(4)")
     stdin = tmp_path / "in.txt"
@@ -241,7 +232,7 @@ def test_batch_items_are_isolated_and_a_runner_killer_spares_its_neighbours(sand
 
 
 @pytest.mark.parametrize("backend", ["bwrap", "docker"])
-def test_the_gateway_socket_is_the_only_way_out(backend):
+def test_the_gateway_socket_is_the_only_way_out(backend, request):
     """A sandbox reaches the model gateway through the relay's socket (read-only mount) and
     nothing else; the token, not the mount, is what authorises a request."""
     from urllib.parse import urlsplit
@@ -250,7 +241,7 @@ def test_the_gateway_socket_is_the_only_way_out(backend):
     from services.gateway import Gateway
     from services.gateway_relay import SocketRelay
     if backend == "docker":
-        _docker_or_skip()
+        request.getfixturevalue("docker_engine")
 
     class Echo:
         def chat_batch(self, requests, seed=None):

@@ -54,7 +54,9 @@ def first_message(task: dict, repo: str) -> str:
     main = task.get("main_file")
     if main and os.path.isfile(os.path.join(repo, main)):
         with open(os.path.join(repo, main)) as f:
-            parts.append(f"Content of {main}:\n```python\n{f.read()}```")
+            text = f.read()
+        if text.strip() not in task["statement"]:   # not twice: prompt tokens are the cost
+            parts.append(f"Content of {main}:\n```python\n{text}```")
     return "\n\n".join(parts)
 
 
