@@ -15,7 +15,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from actors.sandbox import ExecRequest, SandboxLimits
@@ -182,14 +182,13 @@ Issue:
 {issue}"""
 
 
-def self_improve(sandbox, parent: dict[str, str], issue: dict, s: AgentSettings) -> tuple[str, dict[str, str], str]:
-    """The parent edits a copy of its own code; return (patch, child files, log)."""
+def self_improve(sandbox, parent: dict[str, str], issue: dict, s: AgentSettings) -> tuple[str, str]:
+    """The parent edits a copy of its own code; return (patch, the parent's transcript)."""
     statement = SELF_IMPROVE.format(entry=AGENT_ENTRY, issue=issue["problem_description"])
-    status, child, log, _ = run_agent(sandbox, parent, parent, statement, s, AGENT_ENTRY)
-    child = child or parent
+    _, child, log, _ = run_agent(sandbox, parent, parent, statement, s, AGENT_ENTRY)
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
-        patch = make_patch(write_tree(Path(a), parent), write_tree(Path(b), child))
-    return patch, child, log
+        patch = make_patch(write_tree(Path(a), parent), write_tree(Path(b), child or parent))
+    return patch, log
 
 
 def admission(outcomes: list[TaskOutcome]) -> tuple[bool, str]:
@@ -206,7 +205,7 @@ def run_attempt(sandbox, threads, spec: AttemptSpec) -> AttemptResult:
     t0 = time.monotonic()
 
     issue = diagnose(spec.settings, spec.parent_files, spec.failed, spec.failed_task)
-    patch, _, log = self_improve(sandbox, spec.parent_files, issue, spec.settings)
+    patch, log = self_improve(sandbox, spec.parent_files, issue, spec.settings)
 
     def done(status: str, detail: str, outcomes=(), stage="none", patch=""):
         solved = sum(o.passed for o in outcomes)
@@ -237,10 +236,6 @@ def check_patch_applies(parent: dict[str, str], patch: str) -> dict[str, str]:
         except PatchError as e:
             raise RuntimeError(f"the child's patch does not apply to its parent: {e}") from e
         return read_tree(root)
-
-
-def outcome_dicts(outcomes: list[TaskOutcome]) -> list[dict]:
-    return [asdict(o) for o in outcomes]
 
 
 def pick_failure(outcomes: list[dict], rng: random.Random) -> dict | None:

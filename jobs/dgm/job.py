@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
-from actors.sandbox import SandboxLimits
 
 
 def start_gateway(cfg, run_name: str):
@@ -37,11 +36,11 @@ def start_gateway(cfg, run_name: str):
 def start_workers(cfg, run_name: str, url: str, secret_names) -> list:
     import ray
 
+    from jobs.dgm.loop import agent_limits
     from jobs.dgm.worker import AttemptWorker
     s = cfg.sandbox
     host, port = urlsplit(url).hostname, urlsplit(url).port
-    limits = SandboxLimits(timeout_s=s.agent_timeout_s, memory_mb=s.memory_mb, pids=s.pids,
-                           cpus=s.cpus, disk_mb=s.disk_mb)
+    limits = agent_limits(s)
     # workers never hold a key, even where Ray would hand them the driver's environment
     blank = {"env_vars": {name: "" for name in secret_names}} if secret_names else None
     workers = [ray.remote(AttemptWorker).options(

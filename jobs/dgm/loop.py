@@ -64,6 +64,13 @@ def load_tasks(cfg) -> tuple[list[CodeTask], list[CodeTask]]:
     return tasks[:t.stage1], tasks[t.stage1:t.stage1 + t.stage2]
 
 
+def agent_limits(sandbox_cfg) -> SandboxLimits:
+    """One agent run's limits (``timeout_s`` is the agent's wall time) from ``sandbox:``."""
+    s = sandbox_cfg
+    return SandboxLimits(timeout_s=s.agent_timeout_s, memory_mb=s.memory_mb, pids=s.pids,
+                         cpus=s.cpus, disk_mb=s.disk_mb)
+
+
 def child_id(attempt: int) -> str:
     return f"a{attempt:04d}"
 
@@ -81,12 +88,12 @@ class DGMLoop:
         self.usage = usage or (lambda: {})
         self.files_cache: dict[str, dict[str, str]] = {}
         self.stopped = ""
-        a, s = cfg.agent, cfg.sandbox
+        self.started = self.read_started_attempts()
+        a = cfg.agent
         self.settings = AgentSettings(
             gateway_url, token, a.model, a.max_steps, a.max_tokens, a.temperature,
-            SandboxLimits(timeout_s=s.agent_timeout_s, memory_mb=s.memory_mb, pids=s.pids,
-                          cpus=s.cpus, disk_mb=s.disk_mb),
-            s.test_timeout_s, cfg.loop.diagnosis_model, cfg.loop.diagnosis_max_tokens)
+            agent_limits(cfg.sandbox), cfg.sandbox.test_timeout_s, cfg.loop.diagnosis_model,
+            cfg.loop.diagnosis_max_tokens)
 
     # --- agents and their evaluations --------------------------------------------------------
 
@@ -132,8 +139,9 @@ class DGMLoop:
 
     # --- attempts ----------------------------------------------------------------------------
 
-    def started_attempts(self) -> dict[int, dict]:
-        """attempt → {parent, child} for every attempt ever launched (from events.jsonl)."""
+    def read_started_attempts(self) -> dict[int, dict]:
+        """attempt → its ``attempt_started`` event, for every attempt ever launched; read once
+        from events.jsonl at start, then kept up to date by :meth:`launch`."""
         path = self.store.root / "events.jsonl"
         started = {}
         if path.exists():
@@ -147,21 +155,22 @@ class DGMLoop:
         spent = budget_left(self.cfg.gateway, self.usage() or {})
         if spent:
             raise BudgetSpent(spent)
-        started = self.started_attempts().get(attempt)
+        started = self.started.get(attempt)
         rng = random.Random(f"{self.cfg.loop.seed}:{attempt}")
         if started:    # a resumed attempt keeps its parent: the same child, not a second one
             parent, failed_id = started["parent"], started.get("failed_task")
+            evals = self.load_evals(parent)
         else:
             lp = self.cfg.loop
             parent = select_parents(self.archive.candidates(), 1, lp.selection, rng,
                                     lp.selection_lambda, lp.selection_alpha0)[0]
-            failure = pick_failure(self.load_evals(parent), rng)
+            evals = self.load_evals(parent)
+            failure = pick_failure(evals, rng)
             failed_id = failure["task_id"] if failure else None
-            self.store.event("attempt_started", len(self.archive), attempt=attempt,
-                             generation=generation, parent=parent, child=child_id(attempt),
-                             failed_task=failed_id)
-        failed = next((TaskOutcome(**o) for o in self.load_evals(parent)
-                       if o["task_id"] == failed_id), None)
+            self.started[attempt] = self.store.event(
+                "attempt_started", len(self.archive), attempt=attempt, generation=generation,
+                parent=parent, child=child_id(attempt), failed_task=failed_id)
+        failed = next((TaskOutcome(**o) for o in evals if o["task_id"] == failed_id), None)
         spec = AttemptSpec(attempt, generation, child_id(attempt), parent, self.agent_files(parent),
                            failed, self.tasks.get(failed_id), self.stage1, self.stage2,
                            self.cfg.tasks.threshold, self.settings)
@@ -178,7 +187,7 @@ class DGMLoop:
                                    f"`evoray resume {self.store.root}` to go on")
             return
         self.free.append(self.busy.pop(attempt))
-        ev = self.started_attempts()[attempt]
+        ev = self.started[attempt]
         if isinstance(result, AttemptResult):
             r = result
             row = ArchiveRow(r.child_id, ev["parent"], ev["generation"], r.status, r.score, r.stage,
@@ -227,9 +236,8 @@ class DGMLoop:
     def todo(self) -> list[int]:
         """Interrupted attempts first (same parents), then the ones never started."""
         done = {r.attempt for r in self.archive.rows if r.attempt is not None}
-        started = self.started_attempts()
-        resumed = sorted(a for a in started if a not in done)
-        fresh = [a for a in range(self.cfg.loop.attempts) if a not in done and a not in started]
+        resumed = sorted(a for a in self.started if a not in done)
+        fresh = [a for a in range(self.cfg.loop.attempts) if a not in done and a not in self.started]
         return resumed + fresh
 
     def run(self) -> None:
@@ -239,7 +247,7 @@ class DGMLoop:
         lp = self.cfg.loop
         self.progress.start(lp.attempts, lp.attempts - len(todo))
         self.store.event("run_started", len(self.archive) - 1, attempts_left=len(todo), mode=lp.mode,
-                         workers=len(self.workers), resumed=[a for a in todo if a in self.started_attempts()])
+                         workers=len(self.workers), resumed=[a for a in todo if a in self.started])
         try:
             stats = AttemptScheduler(lp.mode, len(self.workers), lp.attempts_per_generation).run(
                 todo, self.launch, self.on_done)
