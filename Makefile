@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.evoray-installed
 PYTEST  ?= -q
 
-.PHONY: install demo baseline collapse smoke dgm-demo dgm-smoke test bench-weight-sync bench-sandbox bench-dgm-scheduler sandbox-image clean
+.PHONY: install demo baseline collapse smoke dgm-demo dgm-smoke uigenie-demo uigenie-smoke test bench-weight-sync bench-sandbox bench-dgm-scheduler sandbox-image clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +36,12 @@ dgm-demo: $(STAMP)
 
 dgm-smoke: $(STAMP)
 	$(VENV)/bin/evoray run jobs/configs/dgm-smoke.yaml
+
+uigenie-demo: $(STAMP)
+	$(VENV)/bin/evoray run jobs/configs/uigenie-demo.yaml --run-dir runs/uigenie-demo-$$(date +%Y%m%d-%H%M%S)
+
+uigenie-smoke: $(STAMP)
+	$(VENV)/bin/evoray run jobs/configs/uigenie-smoke.yaml
 
 bench-sandbox: $(STAMP)
 	$(VENV)/bin/evoray bench sandbox

@@ -43,6 +43,7 @@ class LearnerSettings:
     device: str = "cpu"
     sync_dtype: str | None = None     # cast weights for the samplers (e.g. bfloat16 for vLLM)
     seed: int = 0
+    trainable_layers: int | None = None   # train only the top N decoder layers (+ final norm)
 
 
 @dataclass
@@ -91,6 +92,22 @@ def completion_logprobs(model, samples: list[Sample], pad_id: int, device: str =
     return logp, comp_mask.float()
 
 
+def freeze_below(model, trainable_layers: int) -> None:
+    """Freeze everything but the top ``trainable_layers`` decoder layers and the final norm.
+    Backward then stops at the lowest trainable layer: on a CPU, fine-tuning the top third of a
+    model costs about half a full step. (Tied embeddings stay frozen with the input embedding.)
+    N at least the model's depth trains everything."""
+    layers = model.model.layers
+    if trainable_layers < 1:
+        raise ValueError(f"trainable_layers must be at least 1, got {trainable_layers}")
+    if trainable_layers >= len(layers):
+        return
+    model.requires_grad_(False)
+    for layer in layers[len(layers) - trainable_layers:]:
+        layer.requires_grad_(True)
+    model.model.norm.requires_grad_(True)
+
+
 class Learner:
     def __init__(self, settings: LearnerSettings):
         from actors.model_loading import load_causal_lm
@@ -99,12 +116,14 @@ class Learner:
         self.s = settings
         self.model, tokenizer = load_causal_lm(settings.model, "float32", settings.device)
         self.pad_id = tokenizer.pad_token_id
+        if settings.trainable_layers is not None:
+            freeze_below(self.model, settings.trainable_layers)
         self.model.train()
         self.ref = None
         if settings.kl_coef > 0:
             self.ref, _ = load_causal_lm(settings.model, "float32", settings.device)
             self.ref.eval().requires_grad_(False)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=settings.lr, betas=settings.betas,
+        self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=settings.lr, betas=settings.betas,
                                      weight_decay=settings.weight_decay)
         self.version = 0
 

@@ -59,18 +59,27 @@ class Sampler:
     def policy_version(self) -> int:
         return self.version
 
-    def encode(self, messages: list[dict]) -> list[int]:
+    def encode(self, messages: list[dict], reply_prefix: str = "") -> list[int]:
+        """Prompt token ids; ``reply_prefix`` is the start of the assistant's reply, forced."""
         tok = self.backend.tokenizer
         if self.settings.system_prompt:
             messages = [{"role": "system", "content": self.settings.system_prompt}] + list(messages)
         if not getattr(tok, "chat_template", None):   # a base model: the prompt text as it is
-            return tok.encode("\n\n".join(m["content"] for m in messages))
-        return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                       return_dict=False)
+            ids = tok.encode("\n\n".join(m["content"] for m in messages))
+        else:
+            ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                          return_dict=False)
+        return list(ids) + (tok.encode(reply_prefix, add_special_tokens=False) if reply_prefix else [])
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
-        """``params.n`` completions for each user prompt, grouped by prompt in order."""
-        prompt_ids = [self.encode([{"role": "user", "content": p}]) for p in prompts]
+    def encode_reply(self, text: str) -> list[int]:
+        """Token ids of a reply as the model would end it (EOS appended): an SFT target."""
+        tok = self.backend.tokenizer
+        return tok.encode(text, add_special_tokens=False) + [tok.eos_token_id]
+
+    def generate(self, prompts: list[str], params: SamplingParams, reply_prefix: str = "") -> list[Completion]:
+        """``params.n`` completions for each user prompt, grouped by prompt in order; every reply
+        continues ``reply_prefix`` (its text excludes the prefix)."""
+        prompt_ids = [self.encode([{"role": "user", "content": p}], reply_prefix) for p in prompts]
         out = self.backend.generate(prompt_ids, params)
         tok = self.backend.tokenizer
         return [Completion(pi, prompt_ids[pi], ids, lps, tok.decode(ids, skip_special_tokens=True), fin,

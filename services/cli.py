@@ -26,6 +26,9 @@ def _run_job(cfg, run_dir: Path, resume: bool) -> Path:
         if cfg.job == "dgm":
             from jobs.dgm.job import run_dgm
             run_dgm(cfg, store, progress, metrics.export)
+        elif cfg.job == "uigenie":
+            from jobs.uigenie.job import run_uigenie
+            run_uigenie(cfg, store, progress, metrics.export, resume)
         else:
             _run_srt(cfg, store, progress, metrics.export, resume)
     finally:
@@ -61,6 +64,12 @@ def _check_inputs(cfg) -> None:
             if route.backend == "sampler":
                 resolve_model(route.model or cfg.model.name)
         load_tasks(cfg)
+        return
+    if cfg.job == "uigenie":
+        from actors.emulator.factory import check_backend
+        resolve_model(cfg.model.name)
+        resolve_model(cfg.reward_model.model or cfg.model.name)
+        check_backend(cfg.devices.backend)
         return
     resolve_model(cfg.model.name)
     from jobs.srt.loop import build_splits

@@ -456,6 +456,8 @@ def write_report(run_dir: str | os.PathLike, compare: Sequence[str | os.PathLike
     (this one or a compared one) without metrics."""
     if (Path(run_dir) / "archive.parquet").is_file():
         return _write_dgm_report(Path(run_dir))
+    if (Path(run_dir) / "datasets").is_dir():
+        return _write_uigenie_report(Path(run_dir))
     run = load_run(run_dir)
     others = [load_run(p) for p in compare]
     _dedupe_labels([run, *others])
@@ -472,4 +474,18 @@ def _write_dgm_report(run_dir: Path) -> Path:
     _, section = write_dgm_report(run_dir)
     report = run_dir / REPORT_MD
     atomic_write_text(report, f"# DGM run {run_dir.name}\n\n{section}\n")
+    return report
+
+
+def _write_uigenie_report(run_dir: Path) -> Path:
+    """A UI-Genie run: success, RM F1 and dataset sizes by generation."""
+    import pyarrow.parquet as pq
+
+    from services.report_uigenie import write_uigenie_report
+    metrics = run_dir / "metrics.parquet"
+    if not metrics.is_file():
+        raise ValueError(f"{metrics} does not exist: no generation finished yet")
+    section = write_uigenie_report(run_dir, pq.read_table(metrics).to_pylist())
+    report = run_dir / REPORT_MD
+    atomic_write_text(report, f"# UI-Genie run {run_dir.name}\n\n{section}")
     return report

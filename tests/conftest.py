@@ -37,13 +37,13 @@ def build_tokenizer():
     return tok
 
 
-def build_model(seed: int = 1234):
+def build_model(seed: int = 1234, max_positions: int = 128):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=128, tie_word_embeddings=True,
+                         max_position_embeddings=max_positions, tie_word_embeddings=True,
                          initializer_range=0.2, bos_token_id=None, eos_token_id=EOS_ID,
                          pad_token_id=PAD_ID)
     torch.manual_seed(seed)

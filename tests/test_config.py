@@ -172,7 +172,7 @@ def test_top_level_not_a_mapping_with_overrides(tmp_path, text, override):
 
 
 def test_unknown_job(tmp_path):
-    with pytest.raises(ConfigError, match=r"job: 'sft' is not one of \['dgm', 'srt'\]"):
+    with pytest.raises(ConfigError, match=r"job: 'sft' is not one of \['dgm', 'srt', 'uigenie'\]"):
         load_config(write(tmp_path, "job: sft\n"))
 
 
@@ -206,3 +206,20 @@ def test_dgm_config_errors_name_the_key(tmp_path):
         load_config(write(tmp_path, "job: dgm\nsandbox: {pool_sise: 2}\n"))
     with pytest.raises(ConfigError, match=r"tasks: .*benchmark 'repo' needs path"):
         load_config(write(tmp_path, "job: dgm\ntasks: {benchmark: repo}\n"))
+
+
+def test_uigenie_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"beam.widht: unknown key"):
+        load_config(write(tmp_path, "job: uigenie\nbeam: {widht: 2}\n"))
+    with pytest.raises(ConfigError, match=r"tasks.split_fractions: .*exactly seed, explore and heldout"):
+        load_config(write(tmp_path, "job: uigenie\ntasks: {split_fractions: {seed: 0.5, test: 0.5}}\n"))
+    with pytest.raises(ConfigError, match=r"devices.size: .*greater than or equal to 1"):
+        load_config(write(tmp_path, "job: uigenie\ndevices: {size: 0}\n"))
+
+
+def test_uigenie_unknown_device_backend_fails_before_ray(tmp_path, capsys):
+    from services.cli import main
+    path = write(tmp_path, "job: uigenie\ndevices: {backend: emulatr}\n")
+    assert main(["run", str(path), "--run-dir", str(tmp_path / "run")]) == 2
+    assert "unknown device backend 'emulatr'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -353,3 +353,15 @@ def test_export_weights_casts_to_sync_dtype(tiny_lm):
     nbytes, packed = learner.export_weights()
     assert {dtype for _, dtype, _, _ in packed.index} == {"bfloat16"}
     assert nbytes == sum(p.numel() * 2 for p in learner.model.parameters())
+
+
+def test_trainable_layers_freezes_everything_below(tiny_lm, prompts):
+    from dataclasses import replace
+    learner = Learner(replace(settings(tiny_lm), trainable_layers=1, lr=1e-2))
+    before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    learner.train_step(fixed_samples(prompts))
+    after = learner.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("model.layers.1.", "model.norm.")) for k in changed), changed
+    deep = Learner(replace(settings(tiny_lm), trainable_layers=5))    # more than its 2 layers: all
+    assert all(p.requires_grad for p in deep.model.parameters())

@@ -1,0 +1,101 @@
+"""Start a UI-Genie run's actors — the agent's sampler and learner, the reward model, the device
+pool — and drive the loop."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from actors.learner import Sample
+
+
+@dataclass
+class UIGenieActors:
+    sampler: object
+    learner: object
+    rm: object
+    pool: object
+    device_size: tuple[int, int]
+    _encoded: dict = field(default_factory=dict)
+
+    def sync(self) -> dict[str, float]:
+        from services.controller import Roles
+        return Roles([self.sampler], self.learner).sync_weights()
+
+    def sft(self, rows: list[dict], epochs: int, batch: int, rng: random.Random) -> dict[str, float]:
+        """Supervised fine-tuning on (prompt, completion) rows: the learner's ``vanilla_pg`` loss
+        with advantage 1 is exactly the token-mean negative log-likelihood. Then weights → sampler."""
+        import ray
+
+        from jobs.uigenie.policy import REPLY_PREFIX
+        todo = [(r["prompt"], r["completion"]) for r in rows if (r["prompt"], r["completion"]) not in self._encoded]
+        prompts = ray.get([self.sampler.encode.remote([{"role": "user", "content": p}], REPLY_PREFIX)
+                           for p, _ in todo])
+        replies = ray.get([self.sampler.encode_reply.remote(c) for _, c in todo])
+        self._encoded.update({key: Sample(p, t, 1.0) for key, p, t in zip(todo, prompts, replies)})
+        samples = [self._encoded[(r["prompt"], r["completion"])] for r in rows]
+        losses = []
+        for _ in range(epochs):
+            order = list(range(len(samples)))
+            rng.shuffle(order)
+            for i in range(0, len(order), batch):
+                stats = ray.get(self.learner.train_step.remote([samples[j] for j in order[i:i + batch]]))
+                losses.append(stats.get("loss", 0.0))
+        sync = self.sync() if samples else {}
+        return {"agent/sft_loss_first": losses[0] if losses else 0.0,
+                "agent/sft_loss_last": losses[-1] if losses else 0.0,
+                "agent/sft_steps": float(len(losses)), **sync}
+
+
+def start_actors(cfg, run_name: str) -> UIGenieActors:
+    import ray
+
+    from actors.emulator.factory import DeviceSpec
+    from actors.emulator.pool import create_pool
+    from actors.learner import Learner, LearnerSettings
+    from actors.reward_model import RewardModel, RewardModelSettings
+    from actors.sampler import Sampler
+    from services.controller import sampler_settings
+    from jobs.uigenie.policy import SYSTEM_PROMPT
+    s, a, rmc, d = cfg.sampler, cfg.agent, cfg.reward_model, cfg.devices
+    settings = sampler_settings(s, cfg.model.name)
+    settings.system_prompt = s.system_prompt or SYSTEM_PROMPT
+    sampler = ray.remote(Sampler).options(name=f"{run_name}:sampler", num_cpus=s.num_cpus,
+                                          num_gpus=s.num_gpus).remote(settings)
+    learner = ray.remote(Learner).options(name=f"{run_name}:agent-learner", num_cpus=a.num_cpus).remote(
+        LearnerSettings(model=cfg.model.name, lr=a.lr, grad_clip=a.grad_clip, policy_loss="vanilla_pg",
+                        aggregation="token-mean", micro_batch_tokens=a.micro_batch_tokens,
+                        threads=s.threads, seed=cfg.loop.seed, trainable_layers=a.trainable_layers))
+    rm = ray.remote(RewardModel).options(name=f"{run_name}:reward-model", num_cpus=rmc.num_cpus).remote(
+        RewardModelSettings(model=rmc.model or cfg.model.name, head_hidden=rmc.head_hidden, lr=rmc.lr,
+                            epochs=rmc.epochs, batch_size=rmc.batch_size, max_tokens=rmc.max_tokens,
+                            max_screen_chars=rmc.max_screen_chars, threads=s.threads, seed=cfg.loop.seed))
+    pool = create_pool(f"{run_name}:devices", DeviceSpec(d.backend, dict(d.options)), d.size,
+                       lease_ttl_s=d.lease_ttl_s, health_interval_s=d.health_interval_s,
+                       max_failures=d.max_failures,
+                       device_options={"num_cpus": d.num_cpus, "resources": dict(d.resources)})
+    ray.get([sampler.ready.remote(), learner.ready.remote(), rm.ready.remote()])
+    return UIGenieActors(sampler, learner, rm, pool, (0, 0))
+
+
+def run_uigenie(cfg, store, progress, export, resume: bool) -> None:
+    import ray
+
+    from actors.emulator.lease import run_with_device
+    from actors.emulator.simulated import reference_actions, setup, task_suite
+    from jobs.uigenie.loop import UIGenieLoop
+    from jobs.uigenie.rollout import DeviceRunner, EpisodeOps
+    run_name = store.root.name
+    progress.note(f"starting the sampler, the agent's learner, the reward model and "
+                  f"{cfg.devices.size} {cfg.devices.backend} device(s) …")
+    actors = start_actors(cfg, run_name)
+    ops = EpisodeOps(setup=setup, succeeded=lambda task, device: task.check(device.state),
+                     reference=reference_actions)
+    def on_device(op):                      # the op runs inside the device's actor
+        return run_with_device(actors.pool, run_name, lambda dev: dev.run(op), retries=cfg.devices.retries)
+    runner = DeviceRunner(on_device, cfg.devices.size)
+    actors.device_size = runner.map([lambda dev: tuple(dev.size)])[0]
+    try:
+        UIGenieLoop(cfg, store, progress, export, actors, ops, runner, task_suite()).run(resume)
+        progress.note(f"device pool: {ray.get(actors.pool.stats.remote())}")
+    finally:
+        ray.get(actors.pool.shutdown.remote())

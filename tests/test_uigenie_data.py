@@ -1,0 +1,127 @@
+"""The pipeline's data rules on hand-made rollouts: which step becomes which label, and why."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pyarrow.parquet as pq
+
+from jobs.uigenie.actions import Action
+from jobs.uigenie.data import (
+    ScreenBook, agent_rows, failure_rows, rollout_record, step_texts, success_rows, verified_rows,
+    write_parquet)
+from jobs.uigenie.loop import EXTRA_ACTIONS, split_tasks
+from jobs.uigenie.rollout import Rollout, StepRecord
+from services.config import parse_config
+
+
+@dataclass(frozen=True)
+class T:
+    id: str
+    goal: str
+    level: int = 1
+
+
+def step(screen: str, action: Action | None, text: str, error: str | None = None) -> StepRecord:
+    return StepRecord(screen, "app", f"screen {screen}", b"png-" + screen.encode(), f"prompt {screen}",
+                      "reply", action, error, None, text)
+
+
+WIFI = T("wifi.off", "Turn off Wi-Fi")
+OPEN = Action("open", text="Settings")
+TAP = Action("click", x=270, y=310)
+DONE = Action("terminate", text="success")
+
+
+def good_rollout() -> Rollout:
+    return Rollout(WIFI, [step("home", OPEN, "open Settings"), step("settings", TAP, 'click "Wi-Fi"'),
+                          step("settings-off", DONE, "terminate success")], done=True, success=True)
+
+
+def test_success_rows_label_every_step_positive_and_corruptions_negative():
+    ok = good_rollout()
+    other = Rollout(T("bt.on", "Turn on Bluetooth"),
+                    [step("home", OPEN, "open Settings"), step("settings", Action("click", x=270, y=400),
+                                                                 'click "Bluetooth"'),
+                     step("settings-bt", DONE, "terminate success")], done=True, success=True)
+    book, texts = ScreenBook(), {}
+    for r in (ok, other):
+        book.add(r)
+        texts.update(step_texts(r))
+    rows = success_rows([ok, other], book, texts, random.Random(0), corruptions=3,
+                        extra_actions=EXTRA_ACTIONS, source="gen1")
+    real = [r for r in rows if r.source == "gen1"]
+    assert [(r.task_id, r.action, r.label, r.final) for r in real] == [
+        ("wifi.off", "open Settings", 1, False), ("wifi.off", 'click "Wi-Fi"', 1, False),
+        ("wifi.off", "terminate success", 1, True),
+        ("bt.on", "open Settings", 1, False), ("bt.on", 'click "Bluetooth"', 1, False),
+        ("bt.on", "terminate success", 1, True)]
+    corrupted = [r for r in rows if r.source != "gen1"]
+    assert corrupted and all(r.label == 0 for r in corrupted)
+    assert {r.source.split(":")[1] for r in corrupted} == {"early_truncation", "cross_task_substitution",
+                                                          "redundant_continuation"}
+    # every corrupted trajectory ends in a false "task complete": an outcome-level negative
+    assert sum(r.final for r in corrupted) == 6
+    # the history an example sees is the text of the steps before it (element names kept)
+    second = real[2]
+    assert second.history == ["open Settings", 'click "Wi-Fi"'] and second.png == b"png-settings-off"
+
+
+def test_failure_rows_keep_only_known_steps():
+    ok = good_rollout()
+    failed = Rollout(WIFI, [step("home", OPEN, "open Settings"),            # on the good path → 1
+                            step("settings", Action("swipe", direction="up"), "swipe up"),   # unknown
+                            step("settings", Action("open", text="Nope"), "open Nope",
+                                 error="unknown_app: Nope"),                 # rejected → 0
+                            step("settings-2", DONE, "terminate success")],  # refuted → 0
+                     done=True, success=False)
+    book, texts = ScreenBook(), {}
+    for r in (ok, failed):
+        book.add(r)
+        texts.update(step_texts(r))
+    rows = failure_rows([failed], [ok], book, texts, "gen1:failed")
+    assert [(r.action, r.label, r.final) for r in rows] == [
+        ("open Settings", 1, False), ("open Nope", 0, False), ("terminate success", 0, True)]
+    crashed = Rollout(WIFI, failed.steps, done=True, success=False, crashed="device gone")
+    assert failure_rows([crashed], [ok], book, texts, "x") == []
+
+
+def test_verified_rows_use_the_rules_against_the_reference():
+    ref = good_rollout()
+    bounds = [None, (200, 280, 340, 340), None]
+    proposals = [[OPEN, Action("open", text="Clock"), None],            # same / wrong app / malformed
+                 [Action("click", x=300, y=330), Action("click", x=270, y=1100)],   # inside / far
+                 [Action("terminate", text="failure")]]
+    rows = verified_rows(ref, proposals, bounds, (540, 1200), "seed")
+    got = [(r.action, r.label, r.source.split(":")[1]) for r in rows]
+    assert got == [("open Settings", 1, "reference"), ("open Clock", 0, "verified"),
+                   ('click "Wi-Fi"', 1, "reference"), ("click (300, 330)", 1, "verified"),
+                   ("click (270, 1100)", 0, "verified"),
+                   ("terminate success", 1, "reference"), ("terminate failure", 0, "verified")]
+
+
+def test_agent_rows_and_parquet_keep_png_bytes(tmp_path):
+    r = good_rollout()
+    rows = agent_rows(r, "explore", 2)
+    assert [x["completion"] for x in rows] == [
+        'open", "text": "Settings"}}</tool_call>', 'click", "coordinate": [270, 310]}}</tool_call>',
+        'terminate", "status": "success"}}</tool_call>']
+    write_parquet(tmp_path / "t.parquet", [rollout_record(r, 2, "explore")])
+    back = pq.read_table(tmp_path / "t.parquet").to_pylist()[0]
+    assert back["success"] and back["steps"][0]["png"] == b"png-home"
+    assert back["steps"][1]["action"] == TAP.to_tool_call()
+    write_parquet(tmp_path / "empty.parquet", [])
+    assert pq.read_table(tmp_path / "empty.parquet").num_rows == 0
+
+
+def test_split_is_stable_disjoint_and_seed_only_from_seed_levels():
+    tasks = [T(f"t{i}", f"goal {i}", level=1 + i % 3) for i in range(60)]
+    cfg = parse_config({"job": "uigenie", "tasks": {"seed_levels": [1]}})
+    a, b = split_tasks(cfg, tasks), split_tasks(cfg, list(reversed(tasks)))
+    assert {k: [t.id for t in v] for k, v in a.items()} == {k: [t.id for t in v] for k, v in b.items()}
+    ids = [t.id for v in a.values() for t in v]
+    assert len(ids) == len(set(ids)) == 60
+    assert a["seed"] and all(t.level == 1 for t in a["seed"])
+    assert {t.level for t in a["heldout"]} == {1, 2, 3}
+    capped = split_tasks(parse_config({"job": "uigenie", "tasks": {"n_heldout": 3}}), tasks)
+    assert [t.id for t in capped["heldout"]] == [t.id for t in a["heldout"]][:3]
