@@ -258,6 +258,7 @@ class UIGenieLoop:
             for g in range(start_gen, gens + 1):
                 t0 = time.perf_counter()
                 self.rng.seed(f"{self.cfg.loop.seed}:{g}")      # the same draws after a resume
+                self.policy.seed = self.cfg.loop.seed + g       # new samples each generation
                 self.progress.note(f"gen {g}: " + ("references, SFT, verification" if g == 0 else
                                                   "reward-guided beam search on the exploration tasks"))
                 values = (self.generation_zero if g == 0 else self.generation)(g, device_size)

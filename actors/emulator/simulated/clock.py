@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .state import clock, sort_alarms
-from .widgets import FIELD_H, PAD, Box, Screen, View, button, label, switch
+from .widgets import PAD, Box, Screen, View, button, label, switch
 
 BOTTOM_BAR = 130                     # room for the "Add alarm" button under the list
 
@@ -31,14 +31,7 @@ class AlarmForm(Screen):
     app, name, title = "clock", "clock/add", "New alarm"
 
     def content(self, top: int) -> list[View]:
-        width = self.nav.size[0]
-        views = self.field("hour", "Hour", top + 30) + self.field("minute", "Minute", top + 150)
-        if self.error:
-            views.append(label((PAD, top + 260, width - PAD, top + 310), self.error,
-                               self.rid("error"), style="error"))
-        views.append(button((PAD, top + 330, width - PAD, top + 330 + FIELD_H), "Save", self._save,
-                            self.rid("save")))
-        return views
+        return self.form(top, [("hour", "Hour"), ("minute", "Minute")], self._save)
 
     def _save(self) -> None:
         hour = _number(self.fields.get("hour", ""), 23)

@@ -72,14 +72,7 @@ class ContactForm(Screen):
             self.fields = {"name": contact["name"], "phone": contact["phone"]}
 
     def content(self, top: int) -> list[View]:
-        width = self.nav.size[0]
-        views = self.field("name", "Name", top + 30) + self.field("phone", "Phone", top + 150)
-        if self.error:
-            views.append(label((PAD, top + 260, width - PAD, top + 310), self.error,
-                               self.rid("error"), style="error"))
-        views.append(button((PAD, top + 330, width - PAD, top + 330 + FIELD_H), "Save", self._save,
-                            self.rid("save")))
-        return views
+        return self.form(top, [("name", "Name"), ("phone", "Phone")], self._save)
 
     def _save(self) -> None:
         name = " ".join(self.fields.get("name", "").split())

@@ -1,7 +1,7 @@
 """To-do app: a checklist (tap toggles, long-press offers Delete) and an "Add task" form."""
 from __future__ import annotations
 
-from .widgets import FIELD_H, PAD, Box, Dialog, Screen, View, button, checkbox, label
+from .widgets import PAD, Box, Dialog, Screen, View, button, checkbox, label
 
 BOTTOM_BAR = 130                     # room for the "Add task" button under the list
 
@@ -39,14 +39,7 @@ class TodoForm(Screen):
     app, name, title = "todo", "todo/add", "New task"
 
     def content(self, top: int) -> list[View]:
-        width = self.nav.size[0]
-        views = self.field("text", "Task", top + 30)
-        if self.error:
-            views.append(label((PAD, top + 140, width - PAD, top + 190), self.error,
-                               self.rid("error"), style="error"))
-        views.append(button((PAD, top + 210, width - PAD, top + 210 + FIELD_H), "Save", self._save,
-                            self.rid("save")))
-        return views
+        return self.form(top, [("text", "Task")], self._save)
 
     def _save(self) -> None:
         text = " ".join(self.fields.get("text", "").split())

@@ -230,6 +230,18 @@ class Screen:
         self.dialog = None
 
     # --- text fields -------------------------------------------------------------------------
+    def form(self, top: int, fields: list[tuple[str, str]], save) -> list[View]:
+        """Fields 120 px apart, the error line (if any), then a Save button: every app's form."""
+        width = self.nav.size[0]
+        views = [v for i, (key, hint) in enumerate(fields) for v in self.field(key, hint, top + 30 + 120 * i)]
+        bottom = top + 30 + 120 * len(fields)
+        if self.error:
+            views.append(label((PAD, bottom - 10, width - PAD, bottom + 40), self.error,
+                               self.rid("error"), style="error"))
+        views.append(button((PAD, bottom + 60, width - PAD, bottom + 60 + FIELD_H), "Save", save,
+                            self.rid("save")))
+        return views
+
     def field(self, key: str, hint: str, top: int) -> list[View]:
         """An EditText (tap to focus) plus, while it holds text, a "Clear <hint>" icon in it."""
         width = self.nav.size[0]
