@@ -26,6 +26,9 @@ def plot_generations(series: dict[str, dict[int, float]], path: Path) -> bool:
         return False
     fig = _new_figure((11.0, 4.2))
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    gens = sorted(series["gen/success_rate"])
+    for ax in (left, right):
+        ax.set_xticks(gens)                  # generations are whole numbers
     for name, label, style in [("gen/success_rate", "held-out success", dict(linewidth=2.4, marker="o")),
                                ("explore/solved_rate", "exploration tasks solved (beam search)",
                                 dict(linestyle=":", marker="s"))]:
