@@ -123,7 +123,8 @@ class Learner:
         if settings.kl_coef > 0:
             self.ref, _ = load_causal_lm(settings.model, "float32", settings.device)
             self.ref.eval().requires_grad_(False)
-        self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=settings.lr, betas=settings.betas,
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(trainable, lr=settings.lr, betas=settings.betas,
                                      weight_decay=settings.weight_decay)
         self.version = 0
 

@@ -20,7 +20,7 @@ from typing import Iterable, Optional
 from jobs.uigenie.env import describe
 from jobs.uigenie.policy import target_completion
 from jobs.uigenie.rm_data import (
-    Step, Trajectory, cross_task_substitution, early_truncation, history, redundant_continuation,
+    MAX_HISTORY, Step, Trajectory, cross_task_substitution, early_truncation, history, redundant_continuation,
     step_labels, verify_action)
 from jobs.uigenie.actions import Action
 from jobs.uigenie.rollout import Rollout, StepRecord
@@ -141,7 +141,7 @@ def verified_rows(reference: Rollout, proposals: list[list], bounds: list, size:
     reference action itself is a positive); proposals[i] are parsed Actions for step i."""
     rows = []
     for i, step in enumerate(reference.steps):
-        past = [s.text for s in reference.steps[max(0, i - 5):i]]
+        past = [s.text for s in reference.steps[max(0, i - MAX_HISTORY):i]]
         seen = {step.action.to_tool_call()}
         final = step.action.kind == "terminate"
         rows.append(RMRow(reference.task.id, reference.task.goal, past, step.screen, step.text, 1,

@@ -29,11 +29,11 @@ def screen_id(app: str, xml: str) -> str:
     return f"{app}#{hashlib.sha256(xml.encode()).hexdigest()[:12]}"
 
 
-def observe(device, screenshot: bool = True) -> Observation:
+def observe(device) -> Observation:
     xml = device.dump_hierarchy()
     app = device.current_app()
     return Observation(app, xml, compact_text(parse_hierarchy(xml), indices=False), screen_id(app, xml),
-                       device.screenshot() if screenshot else None)
+                       device.screenshot())
 
 
 def execute(device, action: Action, model_size: tuple[int, int]) -> None:

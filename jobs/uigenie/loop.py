@@ -18,7 +18,7 @@ import hashlib
 import json
 import random
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from jobs.uigenie.actions import Action
@@ -26,7 +26,7 @@ from jobs.uigenie.data import (
     RMRow, ScreenBook, agent_rows, failure_rows, rm_records, rollout_record, step_texts,
     success_rows, verified_rows, write_parquet)
 from jobs.uigenie.policy import propose, remote_generate
-from jobs.uigenie.rm_data import hard_negatives
+from jobs.uigenie.rm_data import MAX_HISTORY, hard_negatives
 from jobs.uigenie.rollout import EpisodeOps, Policy, Rollout, reference_op, run_episodes
 
 EXTRA_ACTIONS = [Action("swipe", direction="up"), Action("system_button", text="Back"),
@@ -66,14 +66,14 @@ def child_input(r: Rollout):
     """The reward model's view of a rollout's last step (for beam search)."""
     from actors.reward_model import RMInput
     s = r.steps[-1]
-    return RMInput(goal=r.task.goal, history=[x.text for x in r.steps[:-1]][-5:], screen=s.screen,
+    return RMInput(goal=r.task.goal, history=[x.text for x in r.steps[:-1]][-MAX_HISTORY:], screen=s.screen,
                    action=s.text)
 
 
 class UIGenieLoop:
     def __init__(self, cfg, store, progress, export, actors, ops: EpisodeOps, runner, suite: list):
         self.cfg, self.store, self.progress, self.export = cfg, store, progress, export
-        self.a = actors                         # .sampler, .learner, .rm, .sync(), .sft_samples(rows)
+        self.a = actors                         # .sampler, .learner, .rm, .pool, .sync(), .sft()
         self.ops, self.runner = ops, runner
         self.splits = split_tasks(cfg, suite)
         self.policy = Policy(remote_generate(actors.sampler), cfg.agent.max_new_tokens, cfg.loop.seed)
@@ -100,7 +100,7 @@ class UIGenieLoop:
         steps = [s for r, _ in refs for s in r.steps]
         k = self.cfg.agent.verify_samples
         props = propose(self.policy.generate, [s.prompt for s in steps], k, self.cfg.beam.temperature,
-                        self.cfg.agent.max_new_tokens, self.cfg.loop.seed) if k and steps else [[] for _ in steps]
+                        self.cfg.agent.max_new_tokens, self.policy.seed) if k and steps else [[] for _ in steps]
         rows, i = [], 0
         for r, bounds in refs:
             mine = [[p.action for p in props[i + j]] for j in range(len(r.steps))]
@@ -184,8 +184,7 @@ class UIGenieLoop:
         scores = ray.get(self.a.rm.score.remote([rm_input(r) for r in negatives]))
         hard = hard_negatives([(r, r.label) for r in negatives], scores, self.cfg.reward_model.threshold)
         extra = self.cfg.reward_model.hard_negative_repeat - 1
-        return [RMRow(**{**{f.name: getattr(r, f.name) for f in fields(RMRow)}, "source": "hard_negative"})
-                for r, _ in hard for _ in range(extra)]
+        return [replace(r, source="hard_negative") for r, _ in hard for _ in range(extra)]
 
     # --- generations --------------------------------------------------------------------------------
 

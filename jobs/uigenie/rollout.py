@@ -84,11 +84,11 @@ def _replay(ops: EpisodeOps, device, task, actions: list[Action]) -> tuple[int, 
 # The ops below capture only (task, actions) — not the rollout with its screenshots — because
 # they travel to the device's actor with every call.
 
-def observe_op(ops: EpisodeOps, r: Rollout, screenshot: bool):
+def observe_op(ops: EpisodeOps, r: Rollout):
     task, actions = r.task, r.actions()
     def op(device) -> Observation:
         _replay(ops, device, task, actions)
-        return observe(device, screenshot)
+        return observe(device)
     return op
 
 
@@ -172,11 +172,11 @@ def _dedupe(props: list[Proposal]) -> list[Proposal]:
 
 def step_frontier(frontier: list[Rollout], ops: EpisodeOps, runner: DeviceRunner, policy: Policy,
                   n: int, temperature: float, score: Optional[Callable] = None,
-                  width: Optional[int] = None, screenshot: bool = True) -> list[Rollout]:
+                  width: Optional[int] = None) -> list[Rollout]:
     """Advance every live rollout by one step; returns the new frontier (children of each rollout,
     at most ``width`` per task when pruning, best reward first). ``score(rollouts) -> rewards``
     scores each child's last step (the reward model); invalid proposals score -1."""
-    observed = runner.map([observe_op(ops, r, screenshot) for r in frontier])
+    observed = runner.map([observe_op(ops, r) for r in frontier])
     live, children = [], []
     for r, obs in zip(frontier, observed):
         if isinstance(obs, Exception):
