@@ -206,9 +206,13 @@ class Learner:
     # --- checkpoints ------------------------------------------------------------------------------
 
     def save(self, directory: str) -> None:
-        """Write model, optimizer and RNG state into ``directory`` (the caller renames it into place)."""
+        """Write model, optimizer and RNG state into ``directory`` (the caller renames it into place;
+        a URI is written locally and uploaded)."""
+        from services.storage import write_dir
+        write_dir(directory, self._write_files)
+
+    def _write_files(self, path: Path) -> None:
         from safetensors.torch import save_file
-        path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().contiguous() for k, v in self.model.state_dict().items()
                    if k != "lm_head.weight" or not self.model.config.tie_word_embeddings},
@@ -218,8 +222,12 @@ class Learner:
         (path / "learner.json").write_text(json.dumps({"version": self.version}))
 
     def load(self, directory: str) -> int:
+        from services.storage import read_dir
+        with read_dir(directory) as path:
+            return self._load_files(path)
+
+    def _load_files(self, path: Path) -> int:
         from safetensors.torch import load_file
-        path = Path(directory)
         missing, unexpected = self.model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
         if unexpected or [m for m in missing if m != "lm_head.weight"]:
             raise ValueError(f"checkpoint {path} does not match the model: missing {missing[:3]}, "

@@ -127,6 +127,14 @@ class Sampler:
         self.version = packed.version
         return self.version
 
+    def sleep(self) -> bool:
+        """Free the GPU memory the engine holds while a colocated learner trains (vLLM sleep mode;
+        the transformers backend keeps its model). True when something was released."""
+        return self.backend.sleep()
+
+    def wake_up(self) -> bool:
+        return self.backend.wake_up()
+
 
 class TransformersBackend:
     def __init__(self, s: SamplerSettings):
@@ -148,6 +156,11 @@ class TransformersBackend:
         from actors.weight_sync import load_packed
         load_packed(self.model, packed)
 
+    def sleep(self) -> bool:
+        return False
+
+    wake_up = sleep
+
 
 class VLLMBackend:
     """vLLM's offline engine; weights are replaced in place through a worker extension."""
@@ -165,6 +178,7 @@ class VLLMBackend:
                             worker_extension_cls="actors.vllm_worker.WeightUpdateExtension",
                             enable_prefix_caching=True, **s.extra)
         self.tokenizer = self.llm.get_tokenizer()
+        self.sleep_mode = bool(s.extra.get("enable_sleep_mode"))   # set when colocated
 
     def generate(self, prompt_ids, p: SamplingParams):
         import vllm
@@ -182,6 +196,18 @@ class VLLMBackend:
     def load_weights(self, packed: PackedWeights) -> None:
         self.llm.collective_rpc("load_packed_weights", args=(packed,))
         self.llm.reset_prefix_cache()
+
+    def sleep(self) -> bool:
+        if not self.sleep_mode:
+            return False
+        self.llm.sleep(level=1)      # level 1: weights to host memory, KV cache dropped
+        return True
+
+    def wake_up(self) -> bool:
+        if not self.sleep_mode:
+            return False
+        self.llm.wake_up()
+        return True
 
 
 BACKENDS = {"transformers": TransformersBackend, "vllm": VLLMBackend}

@@ -123,3 +123,35 @@ def ground_truth_rewards(answers: list[Optional[str]], truth: str,
     """1.0 for an answer equivalent to the label, else 0.0 (the labelled baseline)."""
     label = normalize_number(truth)
     return [float(a is not None and equal(a, label)) for a in answers]
+
+
+def grade_groups(groups: list[dict], reward: dict) -> list[dict]:
+    """One step's grading, the part that reads model-written text: per prompt ``{"texts",
+    "finished", "label"}`` → ``{"answers", "rewards", "majority", "share", "skipped"}``.
+
+    ``reward``: ``kind`` (majority_vote | ground_truth | offline_labels), ``extraction``,
+    ``require_finished``, ``equivalence``, ``soft``, ``threshold``. Labels only replace the vote's
+    rewards (kinds other than majority_vote); the vote is still reported. Stdlib only (math-verify
+    is imported lazily), so the same file runs as a program inside the sandbox (``__main__``).
+    """
+    equal = EQUIVALENCES[reward["equivalence"]]
+    out = []
+    for g in groups:
+        answers = [extract_answer(t, f, reward["extraction"], reward["require_finished"])
+                   for t, f in zip(g["texts"], g["finished"])]
+        vote = majority_vote(answers, equal, reward["soft"], reward["threshold"])
+        rewards, skipped = vote.rewards, vote.skipped
+        if reward["kind"] != "majority_vote":
+            label = g.get("label")
+            rewards = ground_truth_rewards(answers, label, equal) if label else [0.0] * len(answers)
+            skipped = label is None
+        out.append({"answers": answers, "rewards": rewards, "majority": vote.majority,
+                    "share": vote.share, "skipped": skipped})
+    return out
+
+
+if __name__ == "__main__":      # inside the sandbox: {"groups": [...], "reward": {...}} on stdin
+    import json
+    import sys
+    request = json.load(sys.stdin)
+    json.dump(grade_groups(request["groups"], request["reward"]), sys.stdout)

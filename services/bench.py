@@ -26,10 +26,11 @@ def bench_weight_sync(args) -> int:
 
     from actors.learner import Learner, LearnerSettings
     from actors.sampler import Sampler, SamplerSettings
+    from services.config import RayConfig
     from services.controller import Roles, start_ray
 
     console = Console()
-    start_ray(None, None, None)
+    start_ray(RayConfig())
     samplers = [ray.remote(Sampler).options(num_cpus=0.5).remote(SamplerSettings(args.model))
                 for _ in range(args.samplers)]
     learner = ray.remote(Learner).options(num_cpus=0.5).remote(LearnerSettings(args.model))

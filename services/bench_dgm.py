@@ -91,6 +91,7 @@ def _table(args, stats: dict[str, dict]) -> Table:
 def run(args) -> int:
     """Both modes on the same duration list; prints a table, writes ``dgm-scheduler.json``."""
     from services.bench import write_result
+    from services.config import RayConfig
     from services.controller import start_ray
 
     if args.workers < 1 or args.attempts < 1 or args.median_s <= 0 or args.timeout_s <= 0:
@@ -98,7 +99,7 @@ def run(args) -> int:
     console = Console()
     if not console.is_terminal:   # logs and pipes: the whole table, not ellipsised headers
         console = Console(width=max(console.width, 110))
-    start_ray(None, None, None)
+    start_ray(RayConfig())
     durs = durations(args.attempts, args.median_s, args.timeout_s, args.seed)
     _warm_up(args.workers)
     stats = {mode: _stats_json(run_mode(mode, args.workers, durs), args.attempts)

@@ -6,47 +6,8 @@ import sys
 from pathlib import Path
 
 from actors.sandbox.types import SandboxError
-from services.config import ConfigError, dump_config, load_config, parse_config
-
-
-def _run_job(cfg, run_dir: Path, resume: bool) -> Path:
-    from services.controller import start_ray
-    from services.metrics import RayMetrics
-    from services.progress import StepProgress
-    from services.run_store import RunStore
-
-    store = RunStore(run_dir)
-    if not resume:
-        store.write_config(dump_config(cfg))
-    progress = StepProgress()
-    progress.note(f"run directory: {run_dir}")
-    start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.include_dashboard)
-    metrics = RayMetrics(run_dir.name, cfg.job)
-    try:
-        if cfg.job == "dgm":
-            from jobs.dgm.job import run_dgm
-            run_dgm(cfg, store, progress, metrics.export)
-        elif cfg.job == "uigenie":
-            from jobs.uigenie.job import run_uigenie
-            run_uigenie(cfg, store, progress, metrics.export, resume)
-        else:
-            _run_srt(cfg, store, progress, metrics.export, resume)
-    finally:
-        store.flush_metrics()
-    return run_dir
-
-
-def _run_srt(cfg, store, progress, export, resume: bool) -> None:
-    from jobs.srt.loop import SRTLoop
-    from services.controller import start_roles
-    from services.report import demo_table
-    progress.note(f"starting {cfg.sampler.num_actors} sampler(s) and a learner for {cfg.model.name} …")
-    roles = start_roles(cfg, store.root.name)
-    SRTLoop(cfg, roles, store, progress, export).run(resume=resume)
-    try:
-        progress.console.print(demo_table(store.root))
-    except ValueError as e:
-        progress.note(f"(no table: {e})")
+from services.config import ConfigError, load_config, parse_config
+from services.placement import PlacementError
 
 
 def _check_inputs(cfg) -> None:
@@ -76,28 +37,53 @@ def _check_inputs(cfg) -> None:
     build_splits(cfg)
 
 
+def default_runs_base() -> Path:
+    """``runs/`` here; inside a job submitted with plain ``ray job submit`` (whose working
+    directory is a temporary copy) ``~/evoray-runs`` on the driver's node. ``EVORAY_RUNS`` wins."""
+    import os
+    if os.environ.get("EVORAY_RUNS"):
+        return Path(os.environ["EVORAY_RUNS"])
+    return Path("~/evoray-runs").expanduser() if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") else Path("runs")
+
+
 def cmd_run(args) -> int:
+    from services.driver import run_job
     from services.run_store import new_run_dir
+    from services.storage import is_uri
     cfg = load_config(args.config, args.set or [])
     _check_inputs(cfg)
-    run_dir = Path(args.run_dir) if args.run_dir else new_run_dir("runs", cfg.name)
-    if run_dir.exists() and any(run_dir.iterdir()):
+    run_dir = args.run_dir or str(new_run_dir(default_runs_base(), cfg.name))
+    if not is_uri(run_dir) and Path(run_dir).exists() and any(Path(run_dir).iterdir()):
         raise ConfigError(f"--run-dir {run_dir} is not empty; use `evoray resume {run_dir}` to continue it")
-    _run_job(cfg, run_dir, resume=False)
-    print(run_dir)
+    print(run_job(cfg, run_dir, resume=False))
     return 0
 
 
 def cmd_resume(args) -> int:
     import yaml
-    run_dir = Path(args.run_dir)
-    config = run_dir / "config.yaml"
+
+    from services.driver import open_store, run_job
+    from services.storage import is_uri
+    if not is_uri(args.run_dir) and not (Path(args.run_dir) / "config.yaml").is_file():
+        raise ConfigError(f"{args.run_dir} is not a run directory (no config.yaml)")
+    config = open_store(args.run_dir, resume=True).root / "config.yaml"
     if not config.is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+        raise ConfigError(f"{args.run_dir} is not a run directory (no config.yaml)")
     cfg = parse_config(yaml.safe_load(config.read_text()), str(config))
-    _run_job(cfg, run_dir, resume=True)
-    print(run_dir)
+    print(run_job(cfg, args.run_dir, resume=True))
     return 0
+
+
+def cmd_submit(args) -> int:
+    from services.submit import submit
+    return submit(args.config, args.set or [], args.address, args.run_dir, wait=not args.no_wait)
+
+
+def cmd_job(args) -> int:
+    from services import submit
+    if args.command == "logs":
+        return submit.logs(args.job_id, args.address, args.follow)
+    return {"status": submit.status, "stop": submit.stop}[args.command](args.job_id, args.address)
 
 
 def cmd_report(args) -> int:
@@ -136,6 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config key")
     run.add_argument("--run-dir")
     run.set_defaults(fn=cmd_run)
+    sm = sub.add_parser("submit", help="submit a job to a Ray cluster (Ray Jobs API); follow its logs")
+    sm.add_argument("config")
+    sm.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config key")
+    sm.add_argument("--address", help="the Jobs API, e.g. http://127.0.0.1:8265 (default: "
+                    "RAY_API_SERVER_ADDRESS or RAY_ADDRESS)")
+    sm.add_argument("--run-dir", help="a path every node sees, or a URI (s3://, gs://, hdfs://); "
+                    "default: ./runs/NAME-TIME, absolute")
+    sm.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
+    sm.set_defaults(fn=cmd_submit)
+    for name, text in (("status", "a submitted job's state and run directory"),
+                       ("logs", "a submitted job's logs"), ("stop", "stop a submitted job")):
+        j = sub.add_parser(name, help=text)
+        j.add_argument("job_id")
+        j.add_argument("--address", help="the Jobs API (default: RAY_API_SERVER_ADDRESS or RAY_ADDRESS)")
+        if name == "logs":
+            j.add_argument("--follow", "-f", action="store_true", help="until the job ends")
+        j.set_defaults(fn=cmd_job)
     res = sub.add_parser("resume", help="continue a stopped run from its last checkpoint")
     res.add_argument("run_dir")
     res.set_defaults(fn=cmd_resume)
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, FileNotFoundError, ValueError, SandboxError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, SandboxError, PlacementError, ConnectionError) as e:
         print(f"evoray: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -20,12 +20,18 @@ class ModelConfig(Strict):
     name: str = "smollm2-135m-instruct"   # embedded default, an HF directory, or a hub id
 
 
-class SamplerConfig(Strict):
+class ActorResources(Strict):
+    """What one actor of a role asks the cluster for; the controller places it (services/placement.py)."""
+    num_cpus: float = Field(1, ge=0)
+    num_gpus: float = Field(0, ge=0)
+    memory_gb: Optional[float] = Field(None, gt=0, description="reserved RAM per actor")
+    resources: dict[str, float] = Field(default_factory=dict, description="custom, e.g. {sandbox: 1}")
+
+
+class SamplerConfig(ActorResources):
     backend: Literal["transformers", "vllm"] = "transformers"
     num_actors: int = Field(1, ge=1)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    num_cpus: float = 1
-    num_gpus: float = 0
     threads: Optional[int] = Field(None, ge=1, description="torch threads; default: all cores")
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
@@ -39,7 +45,7 @@ class SamplingConfig(Strict):
     max_new_tokens: int = Field(12, ge=1)
 
 
-class LearnerConfig(Strict):
+class LearnerConfig(ActorResources):
     lr: float = Field(3e-6, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -53,8 +59,6 @@ class LearnerConfig(Strict):
     kl_estimator: str = "low_var_kl"
     micro_batch_tokens: int = Field(4096, ge=1)
     autocast: Literal["none", "bf16"] = "none"
-    num_cpus: float = 1
-    num_gpus: float = 0
     threads: Optional[int] = Field(None, ge=1)
 
     @field_validator("advantage", "policy_loss", "kl_estimator", "aggregation")
@@ -129,9 +133,28 @@ class TrainConfig(Strict):
 
 
 class RayConfig(Strict):
-    address: Optional[str] = None
-    num_cpus: Optional[int] = None
-    include_dashboard: Optional[bool] = None   # None: Ray decides (on when ray[default] is installed)
+    address: Optional[str] = None               # default: RAY_ADDRESS, else a local instance
+    num_cpus: Optional[int] = None              # local instance only
+    include_dashboard: Optional[bool] = None    # None: Ray decides (on when ray[default] is installed)
+    dashboard_host: str = "127.0.0.1"           # local instance only; 0.0.0.0 exposes it
+    namespace: str = "evoray"                   # actors are named RUN:ROLE-I inside it
+    placement: Literal["disaggregated", "colocated"] = Field(
+        "disaggregated", description="colocated: the learner shares the first sampler's bundle (GPU)")
+    placement_timeout_s: float = Field(60, gt=0, description="wait this long for resources in use")
+    autoscaling: bool = Field(False, description="a request no node can hold asks the autoscaler "
+                              "instead of failing at once")
+    max_restarts: int = Field(3, ge=0, description="restarts of a sampler or sandbox actor")
+    max_retries: int = Field(3, ge=0, description="a lost piece of work is re-issued this often")
+
+
+class GraderConfig(ActorResources):
+    """SRT's answer grading (extraction + vote over model-written text) in sandboxed workers: the
+    ``sandbox`` role. ``workers: 0`` grades in the driver's process."""
+    workers: int = Field(0, ge=0)
+    backend: Literal["auto", "docker", "bwrap"] = "auto"
+    num_cpus: float = Field(0.25, ge=0)
+    timeout_s: float = Field(30, gt=0, description="wall time of one batch's grading")
+    memory_mb: int = Field(512, ge=32)
 
 
 class SRTConfig(Strict):
@@ -148,6 +171,7 @@ class SRTConfig(Strict):
     collapse: CollapseConfig = CollapseConfig()
     eval: EvalConfig = EvalConfig()
     train: TrainConfig = TrainConfig()
+    sandbox: GraderConfig = GraderConfig()
     ray: RayConfig = RayConfig()
 
 # --------------------------------------------------------------------------------------------
@@ -210,6 +234,7 @@ class SandboxConfig(Strict):
     pids: int = Field(64, ge=4)
     cpus: float = Field(1.0, gt=0)
     disk_mb: int = Field(64, ge=1)
+    resources: dict[str, float] = Field(default_factory=dict, description="per worker, e.g. {sandbox: 1}")
 
 
 class DGMTasksConfig(Strict):

@@ -1,72 +1,180 @@
-"""The job controller's Ray side: start Ray, place the roles as named actors, fan work out to them,
-and move weights from the learner to the samplers."""
+"""The job controller's Ray side: start or join Ray, place the roles as named actors, fan work out
+to them, re-issue work an actor lost, and move weights from the learner to the samplers."""
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from actors.learner import Learner, LearnerSettings
 from actors.sampler import Completion, Sampler, SamplerSettings, SamplingParams
 
 
-def start_ray(address: str | None, num_cpus: int | None, include_dashboard: bool | None) -> None:
+def start_ray(ray_cfg, resources: dict[str, float] | None = None) -> None:
+    """Join ``ray.address`` (or ``RAY_ADDRESS``), else start a local instance that has every custom
+    resource the roles ask for (one machine plays every node)."""
     import ray
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = ray_cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        use_token_auth()
+        ray.init(address=address, namespace=ray_cfg.namespace, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, log_to_driver=True)
+        ray.init(num_cpus=ray_cfg.num_cpus, include_dashboard=ray_cfg.include_dashboard,
+                 dashboard_host=ray_cfg.dashboard_host, namespace=ray_cfg.namespace,
+                 resources=resources or None, log_to_driver=True)
+
+
+def use_token_auth() -> None:
+    """A client of a cluster with Ray's token authentication must say so (``RAY_AUTH_MODE=token``);
+    do that when a token is at hand (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``, ~/.ray/auth_token)
+    and the user has not chosen a mode."""
+    if any(os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")) or \
+            os.path.isfile(os.path.expanduser("~/.ray/auth_token")):
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def local_resources(specs) -> dict[str, float]:
+    """The custom resources a local instance needs to hold ``specs`` (each role's total)."""
+    need: dict[str, float] = {}
+    for s in specs:
+        for k, v in s.resources.items():
+            need[k] = need.get(k, 0.0) + v * s.count
+    return need
+
+
+def wait_for_restart(actor, timeout_s: float, probe: str = "ready") -> None:
+    """Block until a restarting actor answers again (calls fail fast while it restarts); a dead
+    one (restarts used up) raises ``RayActorError``."""
+    import ray
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.get(getattr(actor, probe).remote())
+            return
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+class StaleSampler(RuntimeError):
+    """A sampler answered with an older policy than the learner's: it was restarted."""
 
 
 @dataclass
 class Roles:
     samplers: list
     learner: object
+    graders: list = field(default_factory=list)
+    names: dict[str, list[str]] = field(default_factory=dict)      # role → actor names
+    on_event: Callable[..., Any] = lambda *a, **k: None
+    max_retries: int = 3
+    colocated: bool = False
+    version: int = 0
+    weights: Any = None            # the latest packed weights ([ObjectRef]), for restarted samplers
+    restarts: int = 0
+    restart_timeout_s: float = 300.0
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
         """Split the prompts over the samplers; results come back grouped by prompt, in order."""
-        import ray
         k = len(self.samplers)
-        chunks = [list(range(len(prompts)))[i::k] for i in range(k)]
-        futures = [s.generate.remote([prompts[j] for j in chunk], params)
-                   for s, chunk in zip(self.samplers, chunks) if chunk]
+        chunks = [c for c in (list(range(len(prompts)))[i::k] for i in range(k)) if c]
+        call = lambda i: self.samplers[i].generate.remote([prompts[j] for j in chunks[i]], params)
+        refs = [call(i) for i in range(len(chunks))]
         by_prompt: dict[int, list[Completion]] = {}
-        for chunk, result in zip([c for c in chunks if c], ray.get(futures)):
-            for c in result:
+        for i, chunk in enumerate(chunks):
+            for c in self._get("sampler", i, refs[i], call):
                 c.prompt_index = chunk[c.prompt_index]
                 by_prompt.setdefault(c.prompt_index, []).append(c)
         return [c for i in range(len(prompts)) for c in by_prompt.get(i, [])]
+
+    def grade(self, groups: list[dict], reward: dict) -> list[dict]:
+        """Grade prompts' samples on the ``sandbox`` role (``jobs.rewards.grade_groups``)."""
+        k = len(self.graders)
+        chunks = [c for c in (list(range(len(groups)))[i::k] for i in range(k)) if c]
+        call = lambda i: self.graders[i].grade.remote([groups[j] for j in chunks[i]], reward)
+        refs = [call(i) for i in range(len(chunks))]
+        out: list = [None] * len(groups)
+        for i, chunk in enumerate(chunks):
+            for j, graded in zip(chunk, self._get("sandbox", i, refs[i], call)):
+                out[j] = graded
+        return out
+
+    def _get(self, role: str, i: int, ref, call: Callable[[int], Any], check_version: bool = True):
+        """``ray.get(ref)``; when the actor died (or came back with stale weights) wait for its
+        restart, bring it up to date and re-issue the same work, up to ``max_retries`` times."""
+        import ray
+        for attempt in range(self.max_retries + 1):
+            try:
+                out = ray.get(ref)
+                if check_version and role == "sampler" and out and out[0].policy_version != self.version:
+                    raise StaleSampler(f"policy {out[0].policy_version}, learner at {self.version}")
+                return out
+            except (ray.exceptions.RayActorError, StaleSampler) as e:
+                if attempt == self.max_retries:
+                    raise
+                self._recover(role, i, e, attempt + 1)
+                ref = call(i)
+
+    def _recover(self, role: str, i: int, error: Exception, attempt: int) -> None:
+        import ray
+        actor = (self.samplers if role == "sampler" else self.graders)[i]
+        name = self.names.get(role, [f"{role}-{i}"] * (i + 1))[i]
+        self.restarts += 1
+        self.on_event("actor_restarted", role=role, actor=name, attempt=attempt,
+                      error=f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}")
+        wait_for_restart(actor, self.restart_timeout_s)
+        if role == "sampler" and self.weights is not None:
+            ray.get(actor.load_weights.remote(self.weights))
+
+    def train(self, samples: list) -> dict[str, float]:
+        """One learner step; colocated samplers sleep meanwhile (vLLM frees its GPU memory)."""
+        import ray
+        if self.colocated:
+            ray.get([s.sleep.remote() for s in self.samplers])
+        try:
+            return ray.get(self.learner.train_step.remote(samples))
+        finally:
+            if self.colocated:
+                ray.get([s.wake_up.remote() for s in self.samplers])
 
     def sync_weights(self) -> dict[str, float]:
         """Learner → object store (once) → every sampler. Returns the version, MB and MB/s."""
         import ray
         start = time.perf_counter()
-        nbytes, packed_ref = ray.get(self.learner.export_weights.remote())
-        versions = ray.get([s.load_weights.remote(packed_ref) for s in self.samplers])
+        nbytes, packed = ray.get(self.learner.export_weights.remote())    # [ref]: see export_weights
+        self.weights = packed
+        call = lambda i: self.samplers[i].load_weights.remote(packed)
+        refs = [call(i) for i in range(len(self.samplers))]
+        versions = [self._get("sampler", i, ref, call, check_version=False) for i, ref in enumerate(refs)]
+        self.version = versions[0]
         seconds = time.perf_counter() - start
         return {"sync/version": float(versions[0]), "sync/mb": nbytes / 1e6,
                 "sync/mb_per_s": nbytes / 1e6 / max(seconds, 1e-9) * len(self.samplers),
                 "time/sync_s": seconds}
 
 
-def sampler_settings(s, model: str) -> SamplerSettings:
+def sampler_settings(s, model: str, colocated: bool = False) -> SamplerSettings:
     """``SamplerSettings`` from a config's ``sampler:`` section."""
+    extra = {"enable_sleep_mode": True} if colocated and s.backend == "vllm" else {}
     return SamplerSettings(
         model=model, backend=s.backend, dtype=s.dtype, threads=s.threads,
         device="cuda" if s.num_gpus > 0 else "cpu", system_prompt=s.system_prompt,
-        tensor_parallel_size=s.tensor_parallel_size, gpu_memory_utilization=s.gpu_memory_utilization)
+        tensor_parallel_size=s.tensor_parallel_size, gpu_memory_utilization=s.gpu_memory_utilization,
+        extra=extra)
 
 
-def start_roles(cfg, run_name: str) -> Roles:
-    """Create the sampler and learner actors for ``cfg`` (an SRT-shaped config), named per run."""
+def start_roles(cfg, placement) -> Roles:
+    """Create the sampler, learner and (optional) grader actors of an SRT-shaped config where
+    ``placement`` (a reserved ``services.placement.Placement``) puts them."""
     import ray
-    s, lc = cfg.sampler, cfg.learner
-    settings = sampler_settings(s, cfg.model.name)
-    samplers = [ray.remote(Sampler).options(name=f"{run_name}:sampler-{i}", num_cpus=s.num_cpus,
-                                            num_gpus=s.num_gpus).remote(settings)
+    from actors.sandbox.grader import AnswerGrader
+    s, lc, g = cfg.sampler, cfg.learner, cfg.sandbox
+    settings = sampler_settings(s, cfg.model.name, placement.colocated)
+    samplers = [ray.remote(Sampler).options(**placement.options("sampler", i)).remote(settings)
                 for i in range(s.num_actors)]
     learner_settings = LearnerSettings(
         model=cfg.model.name, lr=lc.lr, weight_decay=lc.weight_decay, betas=tuple(lc.betas),
@@ -75,7 +183,14 @@ def start_roles(cfg, run_name: str) -> Roles:
         kl_estimator=lc.kl_estimator, micro_batch_tokens=lc.micro_batch_tokens, autocast=lc.autocast,
         threads=lc.threads, device="cuda" if lc.num_gpus > 0 else "cpu",
         sync_dtype=None if s.dtype == "float32" else s.dtype, seed=cfg.train.seed)
-    learner = ray.remote(Learner).options(name=f"{run_name}:learner", num_cpus=lc.num_cpus,
-                                          num_gpus=lc.num_gpus).remote(learner_settings)
-    ray.get([a.ready.remote() for a in samplers + [learner]])
-    return Roles(samplers, learner)
+    learner = ray.remote(Learner).options(**placement.options("learner", name=placement.actor_name("learner"))
+                                          ).remote(learner_settings)
+    graders = [ray.remote(AnswerGrader).options(**placement.options("sandbox", i)).remote(
+        g.backend, g.timeout_s, g.memory_mb) for i in range(g.workers)]
+    placement.wait_ready("sampler", [a.ready.remote() for a in samplers])
+    placement.wait_ready("learner", [learner.ready.remote()])
+    placement.wait_ready("sandbox", [a.ready.remote(cfg.reward.equivalence) for a in graders])
+    names = {"sampler": [placement.actor_name("sampler", i) for i in range(s.num_actors)],
+             "sandbox": [placement.actor_name("sandbox", i) for i in range(g.workers)]}
+    return Roles(samplers, learner, graders, names, placement.on_event, cfg.ray.max_retries,
+                 placement.colocated, restart_timeout_s=cfg.ray.placement_timeout_s)

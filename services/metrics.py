@@ -15,6 +15,20 @@ class RayMetrics:
     def __init__(self, run: str, job: str):
         self.tags = {"run": run, "job": job}
         self._gauges: dict = {}
+        self._events = None
+        self.counts: dict[str, int] = {}
+
+    def event(self, kind: str) -> None:
+        """Count an event (``evoray_events_total{event=...}``) next to its line in events.jsonl."""
+        import ray
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if not ray.is_initialized():
+            return
+        from ray.util.metrics import Counter
+        if self._events is None:
+            self._events = Counter("evoray_events", description="evoray run events (events.jsonl)",
+                                   tag_keys=("run", "job", "event"))
+        self._events.inc(1, tags={**self.tags, "event": kind})
 
     def export(self, values: dict[str, float]) -> None:
         import ray

@@ -39,11 +39,41 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 class RunStore:
-    def __init__(self, root: str | Path):
+    """``root`` is a local directory (or a shared mount). With ``remote`` (a pyarrow URI), ``root``
+    is the driver's mirror of it, pushed after checkpoints and metric flushes."""
+
+    def __init__(self, root: str | Path, remote: str | None = None):
         self.root = Path(root)
         for sub in ("samples", "checkpoints"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.remote = None
+        if remote:
+            from services.storage import RunMirror
+            self.remote = RunMirror(self.root, remote)
         self._metrics: list[dict[str, Any]] = self.read_metrics()
+        self.last_step = max((m["step"] for m in self._metrics), default=0)
+        self._writing: str | None = None
+
+    @property
+    def location(self) -> str:
+        """Where the run lives, as users name it: the URI, or the directory."""
+        return self.remote.uri if self.remote else str(self.root)
+
+    @property
+    def name(self) -> str:
+        return self.location.rstrip("/").rsplit("/", 1)[-1]
+
+    def sync(self) -> None:
+        if self.remote:
+            self.remote.push()
+
+    def actor_dir(self, checkpoint: Path, part: str) -> str:
+        """Where an actor (maybe on another node) writes or reads part ``part`` of a checkpoint;
+        ``checkpoint`` is the directory ``save_checkpoint`` handed to its writer, or a finished one."""
+        name = self._writing if checkpoint.name.startswith(".") and self._writing else checkpoint.name
+        if self.remote:
+            return f"{self.remote.uri}/checkpoints/{name}/{part}"
+        return str(checkpoint / part)
 
     # --- metrics ----------------------------------------------------------------------------------
 
@@ -60,10 +90,12 @@ class RunStore:
         now = datetime.now(timezone.utc)
         self._metrics.extend({"step": int(step), "name": k, "value": float(v), "time": now}
                              for k, v in values.items() if v is not None)
+        self.last_step = int(step)
 
     def flush_metrics(self) -> None:
         table = pa.Table.from_pylist(self._metrics, schema=METRICS_SCHEMA)
         atomic_write(self.metrics_path, lambda p: pq.write_table(table, p))
+        self.sync()
 
     def truncate_metrics(self, after_step: int) -> None:
         """Drop metrics logged after ``after_step`` (work lost with a stopped run is redone)."""
@@ -81,9 +113,10 @@ class RunStore:
             atomic_write(self.root / "samples" / f"{prefix}_step{step:06d}.parquet",
                          lambda p: pq.write_table(table, p))
 
-    def event(self, event: str, step: int, **fields: Any) -> dict:
-        record = {"event": event, "step": int(step), "time": datetime.now(timezone.utc).isoformat(),
-                  **fields}
+    def event(self, event: str, step: int | None = None, **fields: Any) -> dict:
+        """Append one line to events.jsonl; ``step`` defaults to the last step logged."""
+        record = {"event": event, "step": int(self.last_step if step is None else step),
+                  "time": datetime.now(timezone.utc).isoformat(), **fields}
         with open(self.root / "events.jsonl", "a") as f:
             f.write(json.dumps(record, default=str) + "\n")
         return record
@@ -104,18 +137,21 @@ class RunStore:
         then the ``latest`` pointer moves and older checkpoints beyond ``keep`` are deleted."""
         final = self.checkpoint_dir(step)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        self._writing = final.name
         try:
             write(tmp)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
         finally:
+            self._writing = None
             shutil.rmtree(tmp, ignore_errors=True)
         atomic_write_text(self.root / "checkpoints" / "latest", final.name)
         done = sorted(p for p in final.parent.glob("step_*") if p.is_dir())
         for old in done[:-keep]:
             if old.name not in protect:
                 shutil.rmtree(old, ignore_errors=True)
+        self.sync()
         return final
 
     def latest_checkpoint(self) -> Path | None:

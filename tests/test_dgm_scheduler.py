@@ -7,7 +7,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from jobs.dgm.scheduler import AttemptScheduler  # noqa: E402
+from jobs.dgm.scheduler import REISSUE, AttemptScheduler  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +162,17 @@ def test_empty_and_invalid():
         AttemptScheduler("async", 0, 2)
     with pytest.raises(ValueError, match="duplicate"):
         AttemptScheduler("async", 2, 2).run([1, 1], lambda a, g: None, lambda a, r: None)
+
+
+def test_an_attempt_whose_worker_was_lost_is_reissued(ray_local):
+    rec = Recorder(ray_local, 2, {})
+    lost = {1}
+
+    def on_done(attempt: int, result):
+        rec.on_done(attempt, result)
+        if attempt in lost:               # the first run of attempt 1 lost its worker
+            lost.discard(attempt)
+            return REISSUE
+    AttemptScheduler("async", 2, 2).run([0, 1, 2], rec.launch, on_done)
+    assert [a for a, _ in rec.launched].count(1) == 2 and sorted(a for a, _ in rec.done) == [0, 1, 1, 2]
+    assert rec.max_in_flight <= 2

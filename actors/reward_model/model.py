@@ -267,25 +267,36 @@ class RewardModel:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write head + normaliser (safetensors) and settings (json) into a temp dir next to
         ``directory``, then rename it into place. The backbone is referenced by name only."""
-        from safetensors.torch import save_file
-
-        head = self._trained_head()
+        from services.storage import is_uri, write_dir
+        if is_uri(directory):          # a run directory on s3:// etc.: written locally, uploaded
+            write_dir(str(directory), self._write_files)
+            return directory
         target = Path(directory)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
-            save_file({k: v.contiguous() for k, v in head.state_dict().items()}, tmp / HEAD_FILE)
-            meta = {"format": 2, "feature_size": self.feature_size, "settings": asdict(self.settings)}
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+            self._write_files(tmp)
             _replace_dir(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
 
+    def _write_files(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+        head = self._trained_head()
+        save_file({k: v.contiguous() for k, v in head.state_dict().items()}, directory / HEAD_FILE)
+        meta = {"format": 2, "feature_size": self.feature_size, "settings": asdict(self.settings)}
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+
     def load(self, directory: str | os.PathLike) -> None:
         """Load a saved head into this model (its backbone and feature cache are kept; its settings
         take the saved head_hidden). The saved feature settings (model, max_tokens,
         max_screen_chars) must equal this model's: the head was trained on those features."""
+        from services.storage import read_dir
+        with read_dir(str(directory)) as local:
+            self._load_files(local)
+
+    def _load_files(self, directory: Path) -> None:
         from safetensors.torch import load_file
 
         meta = read_meta(directory)

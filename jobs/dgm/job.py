@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 
 
-def start_gateway(cfg, run_name: str):
+def start_gateway(cfg, placement):
     """The gateway actor (+ one sampler actor per ``sampler`` route); (handle, url, socket dir)."""
     import ray
 
@@ -16,24 +16,21 @@ def start_gateway(cfg, run_name: str):
     from services.gateway import Gateway, active_routes
     gateway_cfg = active_routes(cfg.gateway, os.environ)
     samplers = {}
-    for route in gateway_cfg.routes:
-        if route.backend == "sampler":
-            # the embedded model on CPU, or vLLM on GPUs (sampler.backend: vllm, num_gpus: 1)
-            settings = sampler_settings(cfg.sampler, route.model or cfg.model.name)
-            samplers[route.name] = ray.remote(Sampler).options(
-                name=f"{run_name}:sampler-{route.name}", num_cpus=cfg.sampler.num_cpus,
-                num_gpus=cfg.sampler.num_gpus).remote(settings)
+    for i, route in enumerate(r for r in gateway_cfg.routes if r.backend == "sampler"):
+        # the embedded model on CPU, or vLLM on GPUs (sampler.backend: vllm, num_gpus: 1)
+        settings = sampler_settings(cfg.sampler, route.model or cfg.model.name)
+        samplers[route.name] = ray.remote(Sampler).options(**placement.options(
+            "sampler", i, name=placement.actor_name(f"sampler-{route.name}"))).remote(settings)
     keys = {r.api_key_env: os.environ[r.api_key_env] for r in gateway_cfg.routes
             if r.backend == "openai" and r.api_key_env and r.api_key_env in os.environ}
-    gateway = ray.remote(Gateway).options(
-        name=f"{run_name}:gateway", num_cpus=0, max_concurrency=64,
-        runtime_env={"env_vars": keys} if keys else None,
-    ).remote(gateway_cfg, None, samplers)
+    gateway = ray.remote(Gateway).options(**placement.options(
+        "gateway", name=placement.actor_name("gateway"), max_concurrency=64,
+        runtime_env={"env_vars": keys} if keys else None)).remote(gateway_cfg, None, samplers)
     url = ray.get(gateway.start.remote())["url"]
     return gateway, url, keys, [r.name for r in gateway_cfg.routes]
 
 
-def start_workers(cfg, run_name: str, url: str, secret_names) -> list:
+def start_workers(cfg, placement, url: str, secret_names) -> list:
     import ray
 
     from jobs.dgm.loop import agent_limits
@@ -43,19 +40,18 @@ def start_workers(cfg, run_name: str, url: str, secret_names) -> list:
     limits = agent_limits(s)
     # workers never hold a key, even where Ray would hand them the driver's environment
     blank = {"env_vars": {name: "" for name in secret_names}} if secret_names else None
-    workers = [ray.remote(AttemptWorker).options(
-        name=f"{run_name}:dgm-worker-{i}", num_cpus=cfg.loop.worker_num_cpus, runtime_env=blank,
-    ).remote(s.backend, limits, s.pool_size, (host, port), s.image) for i in range(cfg.loop.workers)]
-    ray.get([w.backend.remote() for w in workers])
+    workers = [ray.remote(AttemptWorker).options(**placement.options("sandbox", i, runtime_env=blank)).remote(
+        s.backend, limits, s.pool_size, (host, port), s.image) for i in range(cfg.loop.workers)]
+    placement.wait_ready("sandbox", [w.backend.remote() for w in workers])
     return workers
 
 
-def run_dgm(cfg, store, progress, export) -> None:
+def run_dgm(cfg, store, progress, export, placement) -> None:
     import ray
 
     from jobs.dgm.loop import DGMLoop
-    run_name = store.root.name
-    gateway, url, keys, routes = start_gateway(cfg, run_name)
+    run_name = placement.run_name
+    gateway, url, keys, routes = start_gateway(cfg, placement)
     progress.note(f"gateway up: {url} and a socket for the sandboxes; models: {', '.join(routes)} "
                   f"(default {cfg.agent.model or routes[0]})")
     token = ray.get(gateway.issue_token.remote(run_name))
@@ -66,8 +62,9 @@ def run_dgm(cfg, store, progress, export) -> None:
             "cost_usd": earlier.get("gateway/cost_usd", [(0, 0.0)])[-1][1]}))
     progress.note(f"starting {cfg.loop.workers} worker(s), {cfg.sandbox.backend} sandboxes "
                   f"× {cfg.sandbox.pool_size} …")
-    workers = start_workers(cfg, run_name, url, keys)
+    workers = start_workers(cfg, placement, url, keys)
     progress.note(f"sandbox backend: {ray.get(workers[0].backend.remote())}")
+    placement.report(store, progress)
 
     def usage() -> dict:
         try:

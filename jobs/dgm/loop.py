@@ -24,7 +24,8 @@ from pathlib import Path
 
 from actors.sandbox import SandboxLimits
 from jobs.dgm.attempt import AgentSettings, AttemptResult, AttemptSpec, TaskOutcome, pick_failure
-from jobs.dgm.scheduler import AttemptScheduler
+from jobs.dgm.scheduler import REISSUE, AttemptScheduler
+from services.controller import wait_for_restart
 from jobs.dgm.selection import select_parents
 from jobs.dgm.tasks import CodeTask, humaneval_tasks, read_tree, repo_tasks
 from services.archive import Archive, ArchiveRow
@@ -88,6 +89,8 @@ class DGMLoop:
         self.usage = usage or (lambda: {})
         self.files_cache: dict[str, dict[str, str]] = {}
         self.stopped = ""
+        self.scheduler: AttemptScheduler | None = None
+        self.retried: dict[int, int] = {}
         self.started = self.read_started_attempts()
         a = cfg.agent
         self.settings = AgentSettings(
@@ -186,6 +189,8 @@ class DGMLoop:
                 self.progress.note(f"stopping: {result}; raise it in {self.store.root}/config.yaml and "
                                    f"`evoray resume {self.store.root}` to go on")
             return
+        if self.lost_worker(attempt, result):
+            return REISSUE
         self.free.append(self.busy.pop(attempt))
         ev = self.started[attempt]
         if isinstance(result, AttemptResult):
@@ -203,6 +208,22 @@ class DGMLoop:
         self.log_attempt(attempt, row.agent_id, row.status, row.score, row.wall_s,
                          parent=row.parent_id, detail=row.detail, stage=row.stage)
 
+    def lost_worker(self, attempt: int, result) -> bool:
+        """A worker actor died mid-attempt: wait for its restart and have the attempt re-issued
+        (same parent, same child id), up to ``ray.max_retries`` times."""
+        import ray
+        if not isinstance(result, ray.exceptions.RayActorError) or \
+                self.retried.get(attempt, 0) >= self.cfg.ray.max_retries:
+            return False
+        self.retried[attempt] = self.retried.get(attempt, 0) + 1
+        worker = self.busy.pop(attempt)
+        self.store.event("actor_restarted", role="sandbox", attempt=attempt, retry=self.retried[attempt],
+                         error=f"{type(result).__name__}: {str(result).splitlines()[0][:200]}")
+        self.progress.note(f"[yellow]attempt {attempt}: its worker was lost; re-issued after the restart")
+        wait_for_restart(worker, self.cfg.ray.placement_timeout_s, probe="backend")
+        self.free.append(worker)
+        return True
+
     def log_attempt(self, attempt, agent_id: str, status: str, score: float, wall_s: float,
                     parent=None, detail="", stage="") -> None:
         step = len(self.archive) - 1
@@ -216,6 +237,9 @@ class DGMLoop:
                   "dgm/attempt_s": wall_s, "gateway/tokens":
                       float(usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)),
                   "gateway/cost_usd": float(usage.get("cost_usd", 0.0))}
+        if self.scheduler is not None:
+            values |= {"sandbox/queue_depth": float(self.scheduler.waiting),
+                       "sandbox/running": float(self.scheduler.running)}
         self.store.log(step, values)
         self.store.flush_metrics()
         self.store.event("attempt_done" if attempt is not None else "initial_evaluated", step,
@@ -249,8 +273,8 @@ class DGMLoop:
         self.store.event("run_started", len(self.archive) - 1, attempts_left=len(todo), mode=lp.mode,
                          workers=len(self.workers), resumed=[a for a in todo if a in self.started])
         try:
-            stats = AttemptScheduler(lp.mode, len(self.workers), lp.attempts_per_generation).run(
-                todo, self.launch, self.on_done)
+            self.scheduler = AttemptScheduler(lp.mode, len(self.workers), lp.attempts_per_generation)
+            stats = self.scheduler.run(todo, self.launch, self.on_done)
         finally:
             self.progress.stop()
         self.store.event("run_done", len(self.archive) - 1, utilisation=stats.utilisation,

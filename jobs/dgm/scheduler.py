@@ -61,6 +61,8 @@ class AttemptScheduler:
         self.mode = mode
         self.workers = workers
         self.attempts_per_generation = attempts_per_generation
+        self.waiting = 0     # attempts ready to run with no free worker: the sandbox queue depth
+        self.running = 0
 
     def generation(self, attempt: int) -> int:
         """g(a) = ⌊a / attempts_per_generation⌋ + 1."""
@@ -115,6 +117,7 @@ class AttemptScheduler:
                     on_done(attempt, e)
                     continue
                 running[ref] = _Running(attempt, gen, slot, start)
+            self.waiting, self.running = len(queue), len(running)
             if not running:
                 continue
             [ref], _ = ray.wait(list(running), num_returns=1)
@@ -122,8 +125,12 @@ class AttemptScheduler:
             end = time.monotonic() - t0
             heapq.heappush(free, info.worker)
             done.append(AttemptTiming(info.attempt, info.generation, info.worker, info.start, end))
-            on_done(info.attempt, _result(ref))
+            if on_done(info.attempt, _result(ref)) is REISSUE:   # its worker was lost: run it again
+                queue.append(info.attempt)
         return done
+
+
+REISSUE = "reissue"     # what ``on_done`` returns for an attempt that must run again
 
 
 def _result(ref: Any) -> Any:

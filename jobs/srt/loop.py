@@ -20,7 +20,7 @@ from actors.grpo import ADVANTAGE_ESTIMATORS
 from actors.learner import Sample
 from actors.sampler import Completion, SamplingParams
 from jobs.data import arithmetic_tasks, load_tasks
-from jobs.rewards import EQUIVALENCES, extract_answer, ground_truth_rewards, majority_vote
+from jobs.rewards import EQUIVALENCES, extract_answer, grade_groups, ground_truth_rewards, majority_vote
 from jobs.srt.mitigations import (CollapseDetector, EarlyStopping, easiest_fraction, in_batch_keep,
                                   prompt_echo_share, top_answer_share)
 from services.controller import Roles
@@ -201,17 +201,18 @@ class SRTLoop:
 
     # --- one training step ------------------------------------------------------------------------
 
-    def score(self, task: dict, group: list[Completion]) -> "ScoredGroup":
-        """One prompt's samples → answers and rewards, by the configured reward kind."""
+    def score(self, tasks: list[dict], groups: list[list[Completion]]) -> list["ScoredGroup"]:
+        """Each prompt's samples → answers and rewards, by the configured reward kind; graded on the
+        ``sandbox`` role when it has workers, else here (the same ``grade_groups``)."""
         r = self.cfg.reward
-        answers = [self.answer(c) for c in group]
-        vote = majority_vote(answers, self.equal, r.soft, r.self_consistency_threshold)
-        rewards, skipped = vote.rewards, vote.skipped
-        if r.kind != "majority_vote":
-            label = task["answer"] if r.kind == "ground_truth" else self.labels.get(task["id"])
-            rewards = ground_truth_rewards(answers, label, self.equal) if label else [0.0] * len(group)
-            skipped = label is None
-        return ScoredGroup(task, group, answers, rewards, vote.majority, vote.share, skipped)
+        label = lambda t: t["answer"] if r.kind == "ground_truth" else self.labels.get(t["id"])
+        payload = [{"texts": [c.text for c in g], "finished": [c.finished for c in g], "label": label(t)}
+                   for t, g in zip(tasks, groups)]
+        reward = {"kind": r.kind, "extraction": r.extraction, "require_finished": r.require_finished,
+                  "equivalence": r.equivalence, "soft": r.soft, "threshold": r.self_consistency_threshold}
+        graded = self.roles.grade(payload, reward) if self.roles.graders else grade_groups(payload, reward)
+        return [ScoredGroup(t, g, x["answers"], x["rewards"], x["majority"], x["share"], x["skipped"])
+                for t, g, x in zip(tasks, groups, graded)]
 
     def trainable(self, scored: list["ScoredGroup"]) -> list[int]:
         """Groups that carry a learning signal (and pass the in-batch curriculum)."""
@@ -222,14 +223,13 @@ class SRTLoop:
         return [i for i in keep if not scored[i].skipped and not uniform(scored[i])]
 
     def train_step(self, step: int) -> dict[str, float]:
-        import ray
         cfg = self.cfg
         tasks = self.batch_for(step)
         t0 = time.perf_counter()
         groups = self.sample_groups(tasks, cfg.sampling.n, cfg.sampling.temperature,
                                     seed=cfg.train.seed * 1_000_003 + step)
         t_gen = time.perf_counter() - t0
-        scored = [self.score(task, group) for task, group in zip(tasks, groups)]
+        scored = self.score(tasks, groups)
         used = self.trainable(scored)
         estimator = ADVANTAGE_ESTIMATORS[cfg.learner.advantage]
         for i in used:   # each group is one prompt's samples
@@ -237,12 +237,16 @@ class SRTLoop:
         samples = [Sample(c.prompt_ids, c.token_ids, a, c.logprobs)
                    for i in used for c, a in zip(scored[i].completions, scored[i].advantages)]
         t1 = time.perf_counter()
-        learner_stats = ray.get(self.roles.learner.train_step.remote(samples)) if samples else {}
+        learner_stats = self.roles.train(samples) if samples else {}
         t_train = time.perf_counter() - t1
         sync = self.roles.sync_weights() if samples else {}
         self.store.write_samples(step, [row for g in scored for row in g.rows(step)])
         values = step_metrics(scored, self.equal)
-        values.update({"train/groups_trained": float(len(used)), "time/gen_s": t_gen, "time/train_s": t_train})
+        completions = [c for g in groups for c in g]
+        values.update({"train/groups_trained": float(len(used)), "time/gen_s": t_gen, "time/train_s": t_train,
+                       "throughput/samples_per_s": len(completions) / max(t_gen, 1e-9),
+                       "throughput/tokens_per_s": sum(len(c.token_ids) for c in completions) / max(t_gen, 1e-9),
+                       "ray/actor_restarts": float(self.roles.restarts)})
         values.update({f"train/{k}": v for k, v in learner_stats.items()})
         values.update(sync)
         majorities, prompts = [g.majority for g in scored], [g.task["prompt"] for g in scored]
@@ -267,7 +271,7 @@ class SRTLoop:
         self.state.early, self.state.collapse = self.early.state(), self.collapse.state()
 
         def write(tmp: Path) -> None:
-            ray.get(self.roles.learner.save.remote(str(tmp / "learner")))
+            ray.get(self.roles.learner.save.remote(self.store.actor_dir(tmp, "learner")))
             (tmp / "loop_state.json").write_text(json.dumps(self.state.__dict__))
 
         self.store.flush_metrics()
@@ -286,7 +290,7 @@ class SRTLoop:
             self.early = EarlyStopping(**self.state.early)
         if self.state.collapse:
             self.collapse = CollapseDetector(**self.state.collapse)
-        ray.get(self.roles.learner.load.remote(str(ckpt / "learner")))
+        ray.get(self.roles.learner.load.remote(self.store.actor_dir(ckpt, "learner")))
         self.roles.sync_weights()
         self.load_base_votes()
         self.store.truncate_metrics(self.state.step)

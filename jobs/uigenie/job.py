@@ -46,7 +46,7 @@ class UIGenieActors:
                 "agent/sft_steps": float(len(losses)), **sync}
 
 
-def start_actors(cfg, run_name: str) -> UIGenieActors:
+def start_actors(cfg, placement) -> UIGenieActors:
     import ray
 
     from actors.emulator.factory import DeviceSpec
@@ -59,35 +59,37 @@ def start_actors(cfg, run_name: str) -> UIGenieActors:
     s, a, rmc, d = cfg.sampler, cfg.agent, cfg.reward_model, cfg.devices
     settings = sampler_settings(s, cfg.model.name)
     settings.system_prompt = s.system_prompt or SYSTEM_PROMPT
-    sampler = ray.remote(Sampler).options(name=f"{run_name}:sampler", num_cpus=s.num_cpus,
-                                          num_gpus=s.num_gpus).remote(settings)
-    learner = ray.remote(Learner).options(name=f"{run_name}:agent-learner", num_cpus=a.num_cpus).remote(
+    name = placement.actor_name
+    sampler = ray.remote(Sampler).options(**placement.options("sampler", name=name("sampler"))).remote(settings)
+    learner = ray.remote(Learner).options(**placement.options("agent-learner", name=name("agent-learner"))).remote(
         LearnerSettings(model=cfg.model.name, lr=a.lr, grad_clip=a.grad_clip, policy_loss="vanilla_pg",
                         aggregation="token-mean", micro_batch_tokens=a.micro_batch_tokens,
                         threads=s.threads, seed=cfg.loop.seed, trainable_layers=a.trainable_layers))
-    rm = ray.remote(RewardModel).options(name=f"{run_name}:reward-model", num_cpus=rmc.num_cpus).remote(
+    rm = ray.remote(RewardModel).options(**placement.options("reward-model", name=name("reward-model"))).remote(
         RewardModelSettings(model=rmc.model or cfg.model.name, head_hidden=rmc.head_hidden, lr=rmc.lr,
                             epochs=rmc.epochs, batch_size=rmc.batch_size, max_tokens=rmc.max_tokens,
                             max_screen_chars=rmc.max_screen_chars, threads=s.threads, seed=cfg.loop.seed))
-    pool = create_pool(f"{run_name}:devices", DeviceSpec(d.backend, dict(d.options)), d.size,
+    pool = create_pool(name("devices"), DeviceSpec(d.backend, dict(d.options)), d.size,
                        lease_ttl_s=d.lease_ttl_s, health_interval_s=d.health_interval_s,
                        max_failures=d.max_failures,
                        device_options={"num_cpus": d.num_cpus, "resources": dict(d.resources)})
-    ray.get([sampler.ready.remote(), learner.ready.remote(), rm.ready.remote()])
+    for role, actor in (("sampler", sampler), ("agent-learner", learner), ("reward-model", rm)):
+        placement.wait_ready(role, [actor.ready.remote()])
     return UIGenieActors(sampler, learner, rm, pool, (0, 0))
 
 
-def run_uigenie(cfg, store, progress, export, resume: bool) -> None:
+def run_uigenie(cfg, store, progress, export, resume: bool, placement) -> None:
     import ray
 
     from actors.emulator.lease import run_with_device
     from actors.emulator.simulated import reference_actions, setup, task_suite
     from jobs.uigenie.loop import UIGenieLoop
     from jobs.uigenie.rollout import DeviceRunner, EpisodeOps
-    run_name = store.root.name
+    run_name = placement.run_name
     progress.note(f"starting the sampler, the agent's learner, the reward model and "
                   f"{cfg.devices.size} {cfg.devices.backend} device(s) …")
-    actors = start_actors(cfg, run_name)
+    actors = start_actors(cfg, placement)
+    placement.report(store, progress)
     ops = EpisodeOps(setup=setup, succeeded=lambda task, device: task.check(device.state),
                      reference=reference_actions)
     def on_device(op):                      # the op runs inside the device's actor

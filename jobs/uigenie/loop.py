@@ -263,12 +263,21 @@ class UIGenieLoop:
                 values = (self.generation_zero if g == 0 else self.generation)(g, device_size)
                 values |= self.evaluate(g)
                 values |= self.evaluate_rm()
+                values |= self.device_health()
                 values["time/gen_s"] = time.perf_counter() - t0
                 self.checkpoint(g)
                 self.log(g, values)
                 self.store.event("generation_done", g, success_rate=values["gen/success_rate"])
         finally:
             self.progress.stop()
+
+    def device_health(self) -> dict[str, float]:
+        """The pool's devices now: healthy (not marked unhealthy) and leased."""
+        import ray
+        stats = ray.get(self.a.pool.stats.remote())
+        return {"devices/healthy": float(stats["size"] - stats["unhealthy"]),
+                "devices/leased": float(stats["leased"] + stats["busy"]),
+                "devices/restarts": float(sum(d["crashes"] for d in stats["devices"]))}
 
     def log(self, g: int, values: dict[str, float]) -> None:
         self.store.log(g, values)
@@ -289,7 +298,8 @@ class UIGenieLoop:
     def checkpoint(self, g: int) -> None:
         import ray
         def write(tmp: Path) -> None:
-            ray.get([self.a.learner.save.remote(str(tmp / "agent")), self.a.rm.save.remote(str(tmp / "rm"))])
+            ray.get([self.a.learner.save.remote(self.store.actor_dir(tmp, "agent")),
+                     self.a.rm.save.remote(self.store.actor_dir(tmp, "rm"))])
             (tmp / "state.json").write_text(json.dumps({"generation": g}))
         self.store.save_checkpoint(g, write, keep=2)
 
@@ -301,7 +311,8 @@ class UIGenieLoop:
         if ckpt is None:
             return 0
         g = json.loads((ckpt / "state.json").read_text())["generation"]
-        ray.get([self.a.learner.load.remote(str(ckpt / "agent")), self.a.rm.load.remote(str(ckpt / "rm"))])
+        ray.get([self.a.learner.load.remote(self.store.actor_dir(ckpt, "agent")),
+                 self.a.rm.load.remote(self.store.actor_dir(ckpt, "rm"))])
         self.a.sync()
         self.store.truncate_metrics(g)
         names = {f.name for f in fields(RMRow)}

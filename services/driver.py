@@ -1,0 +1,82 @@
+"""One run, start to end, on the Ray the config points at: open the run directory (local, shared
+mount or URI), join or start Ray, reserve the roles, run the job's loop, record events."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from services.config import ConfigError, dump_config
+
+
+def open_store(run_dir: str, resume: bool):
+    """The run's ``RunStore``; a URI run directory gets a local mirror (pulled when resuming)."""
+    from services.run_store import RunStore
+    from services.storage import RunMirror, is_uri, mirror_dir
+    if not is_uri(run_dir):
+        return RunStore(Path(run_dir))
+    local = mirror_dir(run_dir)
+    shutil.rmtree(local, ignore_errors=True)        # the URI is the truth; an old mirror is not
+    mirror = RunMirror(local, run_dir)
+    if not resume and mirror.exists():
+        raise ConfigError(f"--run-dir {run_dir} is not empty; use `evoray resume {run_dir}` to continue it")
+    if resume and not mirror.pull():
+        raise ConfigError(f"{run_dir} is not a run directory (nothing there)")
+    return RunStore(local, run_dir)
+
+
+def run_job(cfg, run_dir: str, resume: bool) -> str:
+    from services.controller import local_resources, start_ray
+    from services.metrics import RayMetrics
+    from services.placement import Placement, alive_nodes, role_specs
+    from services.progress import StepProgress
+    from services.storage import check_shared, ray_probe
+
+    store = open_store(run_dir, resume)
+    if not resume:
+        store.write_config(dump_config(cfg))
+    progress = StepProgress()
+    progress.note(f"run directory: {store.location}")
+    specs = role_specs(cfg)
+    start_ray(cfg.ray, local_resources(specs))
+    if not store.remote:
+        check_shared(store.root.resolve(), alive_nodes(), ray_probe)
+    metrics = RayMetrics(store.name, cfg.job)
+
+    def on_event(kind: str, **fields) -> None:
+        store.event(kind, **fields)
+        metrics.event(kind)
+        if kind == "actor_restarted":
+            metrics.export({"ray/actor_restarts": float(metrics.counts[kind])})
+            progress.note(f"[yellow]{fields.get('actor')} was lost ({fields.get('error')}); "
+                          f"restarted, its work re-issued (attempt {fields.get('attempt')})")
+
+    placement = Placement(store.name, specs, cfg.ray, on_event).reserve()
+    try:
+        if cfg.job == "dgm":
+            from jobs.dgm.job import run_dgm
+            run_dgm(cfg, store, progress, metrics.export, placement)
+        elif cfg.job == "uigenie":
+            from jobs.uigenie.job import run_uigenie
+            run_uigenie(cfg, store, progress, metrics.export, resume, placement)
+        else:
+            run_srt(cfg, store, progress, metrics.export, resume, placement)
+    finally:
+        store.flush_metrics()
+        placement.release()
+    return store.location
+
+
+def run_srt(cfg, store, progress, export, resume: bool, placement) -> None:
+    from jobs.srt.loop import SRTLoop
+    from services.controller import start_roles
+    from services.report import demo_table
+    progress.note(f"starting {cfg.sampler.num_actors} sampler(s), a learner"
+                  + (f" and {cfg.sandbox.workers} sandbox grader(s)" if cfg.sandbox.workers else "")
+                  + f" for {cfg.model.name} …")
+    roles = start_roles(cfg, placement)
+    placement.report(store, progress)
+    SRTLoop(cfg, roles, store, progress, export).run(resume=resume)
+    try:
+        progress.console.print(demo_table(store.root))
+    except ValueError as e:
+        progress.note(f"(no table: {e})")

@@ -1,0 +1,152 @@
+"""Run directories that every node of a cluster sees: a shared mount, or a pyarrow filesystem URI
+(``s3://``, ``gs://``, ``hdfs://``, ``file://``).
+
+With a URI the driver keeps a local mirror and pushes it after every checkpoint and at the end
+(pointer files last, so a reader never follows ``latest`` to a half-uploaded checkpoint); actors on
+other nodes write their checkpoint parts straight to the URI (``write_dir``) and read them back with
+``read_dir``. A path on a multi-node cluster must be visible on every node (``check_shared``)."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator
+
+POINTERS = ("checkpoints/latest", "checkpoints/best")
+
+
+def is_uri(location: str | os.PathLike) -> bool:
+    return "://" in str(location)
+
+
+def _fs(uri: str):
+    from pyarrow import fs
+    try:
+        return fs.FileSystem.from_uri(uri)
+    except Exception as e:       # unknown scheme, no credentials, malformed URI
+        raise ValueError(f"run directory {uri}: pyarrow cannot open it ({e})") from None
+
+
+def mirror_dir(uri: str) -> Path:
+    """The driver's local copy of a URI run directory (its name ends with the run's name)."""
+    digest = hashlib.sha1(uri.encode()).hexdigest()[:10]
+    base = Path(os.environ.get("EVORAY_CACHE", Path.home() / ".cache" / "evoray")) / "runs"
+    return base / f"{digest}-{uri.rstrip('/').rsplit('/', 1)[-1]}"
+
+
+def upload_dir(local: Path, uri: str) -> None:
+    from pyarrow import fs
+    filesystem, path = _fs(uri)
+    filesystem.create_dir(path, recursive=True)
+    fs.copy_files(str(local), path, source_filesystem=fs.LocalFileSystem(), destination_filesystem=filesystem)
+
+
+def download_dir(uri: str, local: Path) -> bool:
+    """Copy ``uri`` into ``local``; False when there is nothing at ``uri``."""
+    from pyarrow import fs
+    filesystem, path = _fs(uri)
+    if filesystem.get_file_info(path).type != fs.FileType.Directory:
+        return False
+    local.mkdir(parents=True, exist_ok=True)
+    fs.copy_files(path, str(local), source_filesystem=filesystem, destination_filesystem=fs.LocalFileSystem())
+    return True
+
+
+def write_dir(dest: str, write: Callable[[Path], None]) -> None:
+    """``write(dir)`` into ``dest``: a local directory, or a URI (written to a local temp, uploaded)."""
+    if not is_uri(dest):
+        write(Path(dest))
+        return
+    with tempfile.TemporaryDirectory(prefix="evoray-upload-") as tmp:
+        write(Path(tmp))
+        upload_dir(Path(tmp), dest)
+
+
+@contextlib.contextmanager
+def read_dir(src: str) -> Iterator[Path]:
+    """A local directory holding ``src``'s files for the duration of the block."""
+    if not is_uri(src):
+        yield Path(src)
+        return
+    with tempfile.TemporaryDirectory(prefix="evoray-download-") as tmp:
+        if not download_dir(src, Path(tmp)):
+            raise FileNotFoundError(f"{src}: no such checkpoint directory")
+        yield Path(tmp)
+
+
+class RunMirror:
+    """Keeps a URI in step with the local mirror: uploads what changed, removes what was deleted
+    locally (pruned checkpoints), and uploads pointer files last."""
+
+    def __init__(self, local: Path, uri: str):
+        self.local, self.uri = Path(local), uri.rstrip("/")
+        self.filesystem, self.path = _fs(self.uri)
+        self._sent: dict[str, tuple[int, int]] = {}
+
+    def exists(self) -> bool:
+        """Something is already stored at the URI."""
+        from pyarrow import fs
+        return bool(self.filesystem.get_file_info(fs.FileSelector(self.path, allow_not_found=True)))
+
+    def pull(self) -> bool:
+        ok = download_dir(self.uri, self.local)
+        if ok:
+            self._sent = self._snapshot()
+        return ok
+
+    def _snapshot(self) -> dict[str, tuple[int, int]]:
+        out = {}
+        for p in self.local.rglob("*"):
+            if p.is_file() and not p.name.startswith("."):
+                st = p.stat()
+                out[p.relative_to(self.local).as_posix()] = (st.st_size, st.st_mtime_ns)
+        return out
+
+    def push(self) -> int:
+        """Upload new and changed files; returns how many were sent."""
+        from pyarrow import fs
+        now = self._snapshot()
+        changed = sorted((k for k, v in now.items() if self._sent.get(k) != v), key=lambda k: k in POINTERS)
+        for rel in changed:
+            dest = f"{self.path}/{rel}"
+            self.filesystem.create_dir(dest.rsplit("/", 1)[0], recursive=True)
+            fs.copy_files(str(self.local / rel), dest, source_filesystem=fs.LocalFileSystem(),
+                          destination_filesystem=self.filesystem)
+        gone_dirs = {k.split("/")[1] for k in self._sent if k not in now and k.startswith("checkpoints/step_")}
+        for d in gone_dirs:
+            if not (self.local / "checkpoints" / d).exists():
+                self.filesystem.delete_dir(f"{self.path}/checkpoints/{d}")
+        self._sent = now
+        return len(changed)
+
+
+def check_shared(run_dir: Path, nodes: list[dict], probe: Callable[[str, str], bool]) -> None:
+    """Fail when a node of a multi-node cluster cannot see ``run_dir``. ``probe(node_id, marker)``
+    answers whether a file the driver wrote is visible on that node."""
+    if len(nodes) < 2:
+        return
+    marker = run_dir / f".evoray-shared-{uuid.uuid4().hex}"
+    marker.write_text("visible?")
+    try:
+        blind = [n["NodeManagerAddress"] + f" ({n['NodeID'][:8]})" for n in nodes
+                 if not probe(n["NodeID"], str(marker))]
+    finally:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise ValueError(
+            f"--run-dir {run_dir} is a node-local path: the cluster has {len(nodes)} nodes and "
+            f"{', '.join(blind)} cannot see it. Use a shared mount every node sees, or a URI "
+            f"such as s3://bucket/runs/NAME (pyarrow filesystems)")
+
+
+def ray_probe(node_id: str, marker: str) -> bool:
+    """Run ``os.path.exists(marker)`` on node ``node_id`` (a zero-CPU task pinned there)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    exists = ray.remote(num_cpus=0)(os.path.exists).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
+    return ray.get(exists.remote(marker), timeout=60)
+
