@@ -44,6 +44,7 @@ class LearnerSettings:
     sync_dtype: str | None = None     # cast weights for the samplers (e.g. bfloat16 for vLLM)
     seed: int = 0
     trainable_layers: int | None = None   # train only the top N decoder layers (+ final norm)
+    tis_cap: float | None = None      # truncated importance sampling against the sampler's policy
 
 
 @dataclass
@@ -153,7 +154,11 @@ class Learner:
         return batches + ([current] if current else [])
 
     def train_step(self, samples: list[Sample]) -> dict[str, float]:
-        """One optimizer step on ``samples``; returns the step's metrics."""
+        """One optimizer step on ``samples``; returns the step's metrics.
+
+        With ``tis_cap`` (asynchronous rollouts: samples drawn by an older policy μ) each token's
+        loss is weighted by w = min(π_θ(a)/μ(a), cap), detached — truncated importance sampling —
+        and ``is_weights`` (each sample's mean w, in input order) comes back with the metrics."""
         if not samples:
             return {}
         total_tokens = float(sum(len(s.token_ids) for s in samples))
@@ -161,6 +166,7 @@ class Learner:
         aggregate = grpo.AGGREGATIONS[self.s.aggregation]
         policy_loss = grpo.POLICY_LOSSES[self.s.policy_loss]
         stats = {"loss": 0.0, "kl": 0.0, "sampler_logprob_gap": 0.0}
+        is_weights: dict[int, float] = {}
         self.opt.zero_grad(set_to_none=True)
         autocast = torch.autocast("cpu" if self.s.device == "cpu" else "cuda", dtype=torch.bfloat16) \
             if self.s.autocast == "bf16" else nullcontext()
@@ -170,6 +176,16 @@ class Learner:
             adv = torch.tensor([s.advantage for s in mb], dtype=torch.float32, device=logp.device)
             per_token = policy_loss(logp, logp.detach(), adv, clip_low=self.s.clip_low,
                                     clip_high=self.s.clip_high)
+            behaviour = None
+            if mb[0].sampler_logprobs is not None:
+                behaviour = torch.zeros_like(logp)
+                for i, s in enumerate(mb):
+                    behaviour[i, :len(s.sampler_logprobs)] = torch.tensor(s.sampler_logprobs, device=logp.device)
+            if self.s.tis_cap and behaviour is not None:
+                w = torch.exp(logp.detach() - behaviour).clamp(max=self.s.tis_cap) * mask
+                per_token = per_token * w
+                for i, s in enumerate(mb):
+                    is_weights[id(s)] = float(w[i].sum() / mask[i].sum().clamp(min=1))
             if self.ref is not None:
                 with torch.no_grad(), autocast:
                     ref_logp, _ = completion_logprobs(self.ref, mb, self.pad_id, self.s.device)
@@ -179,17 +195,16 @@ class Learner:
             loss = aggregate(per_token, mask, total_tokens, total_seqs)
             loss.backward()
             stats["loss"] += float(loss.detach())
-            if mb[0].sampler_logprobs is not None:
-                gap = torch.zeros_like(logp)
-                for i, s in enumerate(mb):
-                    gap[i, :len(s.sampler_logprobs)] = torch.tensor(s.sampler_logprobs, device=logp.device)
-                stats["sampler_logprob_gap"] += float(aggregate((gap - logp.detach()).abs(), mask,
+            if behaviour is not None:
+                stats["sampler_logprob_gap"] += float(aggregate((behaviour - logp.detach()).abs(), mask,
                                                                 total_tokens, total_seqs))
         stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip))
         self.opt.step()
         self.version += 1
         stats["tokens"] = total_tokens
         stats["sequences"] = total_seqs
+        if is_weights:
+            stats["is_weights"] = [is_weights[id(s)] for s in samples]
         return stats
 
     # --- weights out ------------------------------------------------------------------------------

@@ -59,6 +59,8 @@ class LearnerConfig(ActorResources):
     kl_estimator: str = "low_var_kl"
     micro_batch_tokens: int = Field(4096, ge=1)
     autocast: Literal["none", "bf16"] = "none"
+    tis_cap: Optional[float] = Field(None, gt=1, description="truncated importance sampling cap for "
+                                     "samples of an older policy; train.mode async sets 2 if unset")
     threads: Optional[int] = Field(None, ge=1)
 
     @field_validator("advantage", "policy_loss", "kl_estimator", "aggregation")
@@ -130,6 +132,9 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(10, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     skip_uniform_groups: bool = True
+    mode: Literal["sync", "async"] = Field("sync", description="async: step k+1's samples are "
+                                           "generated while step k trains")
+    max_staleness: int = Field(1, ge=1, description="async: policy versions a sample may lag behind")
 
 
 class RayConfig(Strict):
@@ -173,6 +178,12 @@ class SRTConfig(Strict):
     train: TrainConfig = TrainConfig()
     sandbox: GraderConfig = GraderConfig()
     ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _async_corrects_staleness(self) -> "SRTConfig":
+        if self.train.mode == "async" and self.learner.tis_cap is None:
+            self.learner.tis_cap = 2.0
+        return self
 
 # --------------------------------------------------------------------------------------------
 # The LLM gateway (services/gateway.py) and the DGM job

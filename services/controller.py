@@ -60,6 +60,15 @@ def wait_for_restart(actor, timeout_s: float, probe: str = "ready") -> None:
             time.sleep(0.5)
 
 
+@dataclass
+class PendingGeneration:
+    n_prompts: int
+    chunks: list[list[int]]
+    call: Callable[[int], Any]     # re-issues chunk i
+    refs: list
+    version: int                   # the policy the samplers held when it was launched
+
+
 class StaleSampler(RuntimeError):
     """A sampler answered with an older policy than the learner's: it was restarted."""
 
@@ -80,16 +89,22 @@ class Roles:
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
         """Split the prompts over the samplers; results come back grouped by prompt, in order."""
+        return self.collect(self.launch(prompts, params))
+
+    def launch(self, prompts: list[str], params: SamplingParams) -> "PendingGeneration":
+        """Start generating without waiting (asynchronous rollouts); ``collect`` gets the result."""
         k = len(self.samplers)
         chunks = [c for c in (list(range(len(prompts)))[i::k] for i in range(k)) if c]
         call = lambda i: self.samplers[i].generate.remote([prompts[j] for j in chunks[i]], params)
-        refs = [call(i) for i in range(len(chunks))]
+        return PendingGeneration(len(prompts), chunks, call, [call(i) for i in range(len(chunks))], self.version)
+
+    def collect(self, pending: "PendingGeneration") -> list[Completion]:
         by_prompt: dict[int, list[Completion]] = {}
-        for i, chunk in enumerate(chunks):
-            for c in self._get("sampler", i, refs[i], call):
+        for i, chunk in enumerate(pending.chunks):
+            for c in self._get("sampler", i, pending.refs[i], pending.call, min_version=pending.version):
                 c.prompt_index = chunk[c.prompt_index]
                 by_prompt.setdefault(c.prompt_index, []).append(c)
-        return [c for i in range(len(prompts)) for c in by_prompt.get(i, [])]
+        return [c for i in range(pending.n_prompts) for c in by_prompt.get(i, [])]
 
     def grade(self, groups: list[dict], reward: dict) -> list[dict]:
         """Grade prompts' samples on the ``sandbox`` role (``jobs.rewards.grade_groups``)."""
@@ -103,15 +118,16 @@ class Roles:
                 out[j] = graded
         return out
 
-    def _get(self, role: str, i: int, ref, call: Callable[[int], Any], check_version: bool = True):
-        """``ray.get(ref)``; when the actor died (or came back with stale weights) wait for its
-        restart, bring it up to date and re-issue the same work, up to ``max_retries`` times."""
+    def _get(self, role: str, i: int, ref, call: Callable[[int], Any], min_version: int | None = None):
+        """``ray.get(ref)``; when the actor died (or came back with weights older than
+        ``min_version``: restarted) wait for its restart, bring it up to date and re-issue the same
+        work, up to ``max_retries`` times."""
         import ray
         for attempt in range(self.max_retries + 1):
             try:
                 out = ray.get(ref)
-                if check_version and role == "sampler" and out and out[0].policy_version != self.version:
-                    raise StaleSampler(f"policy {out[0].policy_version}, learner at {self.version}")
+                if min_version is not None and out and out[0].policy_version < min_version:
+                    raise StaleSampler(f"policy {out[0].policy_version}, expected {min_version}")
                 return out
             except (ray.exceptions.RayActorError, StaleSampler) as e:
                 if attempt == self.max_retries:
@@ -149,7 +165,7 @@ class Roles:
         self.weights = packed
         call = lambda i: self.samplers[i].load_weights.remote(packed)
         refs = [call(i) for i in range(len(self.samplers))]
-        versions = [self._get("sampler", i, ref, call, check_version=False) for i, ref in enumerate(refs)]
+        versions = [self._get("sampler", i, ref, call) for i, ref in enumerate(refs)]
         self.version = versions[0]
         seconds = time.perf_counter() - start
         return {"sync/version": float(versions[0]), "sync/mb": nbytes / 1e6,
@@ -182,7 +198,7 @@ def start_roles(cfg, placement) -> Roles:
         clip_high=lc.clip_high, aggregation=lc.aggregation, kl_coef=lc.kl_coef,
         kl_estimator=lc.kl_estimator, micro_batch_tokens=lc.micro_batch_tokens, autocast=lc.autocast,
         threads=lc.threads, device="cuda" if lc.num_gpus > 0 else "cpu",
-        sync_dtype=None if s.dtype == "float32" else s.dtype, seed=cfg.train.seed)
+        sync_dtype=None if s.dtype == "float32" else s.dtype, seed=cfg.train.seed, tis_cap=lc.tis_cap)
     learner = ray.remote(Learner).options(**placement.options("learner", name=placement.actor_name("learner"))
                                           ).remote(learner_settings)
     graders = [ray.remote(AnswerGrader).options(**placement.options("sandbox", i)).remote(

@@ -3,6 +3,8 @@ random Llama (tests/conftest.py). Every check is a real computation on the model
 that compute the same log-probabilities are compared with each other and with a naive reference."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -224,6 +226,28 @@ def test_train_step_reports_the_sampler_logprob_gap(tiny_lm, prompts):
     off = [Sample(s.prompt_ids, s.token_ids, s.advantage, [v - 0.5 for v in s.sampler_logprobs])
            for s in exact]
     assert learner.train_step(off)["sampler_logprob_gap"] == pytest.approx(0.5, abs=1e-5)
+
+
+def test_truncated_importance_sampling_weights_by_hand(tiny_lm, prompts):
+    """w = min(π_θ/μ, cap) per token: μ = π_θ gives w = 1 and the plain loss; a sampler that
+    gave every token 1/4 of the learner's probability gives π_θ/μ = 4, capped to 2: twice the
+    loss; half of it gives w = 0.5. Each sample's mean w comes back in input order."""
+    learner = Learner(settings(tiny_lm, lr=0.0, tis_cap=2.0))
+    samples = fixed_samples(prompts)
+    with torch.no_grad():
+        logp, _ = completion_logprobs(learner.model, samples, learner.pad_id)
+    behaving = lambda shift: [Sample(s.prompt_ids, s.token_ids, s.advantage,
+                                     [v + shift for v in logp[i, :len(s.token_ids)].tolist()])
+                              for i, s in enumerate(samples)]
+    plain = -sum(s.advantage * len(s.token_ids) for s in samples) / 16
+    same = learner.train_step(behaving(0.0))
+    assert same["is_weights"] == pytest.approx([1.0] * 5, abs=1e-5)
+    assert same["loss"] == pytest.approx(plain, abs=1e-5)
+    capped = learner.train_step(behaving(-math.log(4)))
+    assert capped["is_weights"] == pytest.approx([2.0] * 5, abs=1e-5)
+    assert capped["loss"] == pytest.approx(2 * plain, abs=1e-5)
+    assert learner.train_step(behaving(math.log(2)))["is_weights"] == pytest.approx([0.5] * 5, abs=1e-5)
+    assert "is_weights" not in Learner(settings(tiny_lm, lr=0.0)).train_step(behaving(0.0))
 
 
 def test_micro_batches_are_whole_groups_within_the_budget(tiny_lm, prompts):

@@ -69,15 +69,19 @@ class ScoredGroup:
     share: float
     skipped: bool
     advantages: Optional[list[float]] = None     # set when the group is trained on
+    is_weights: Optional[list[float]] = None     # async: each sample's truncated IS weight
 
-    def rows(self, step: int) -> list[dict]:
-        """One row per sample for ``samples/``."""
+    def rows(self, step: int, learner_version: int) -> list[dict]:
+        """One row per sample for ``samples/``; ``staleness``: policy versions it lagged behind the
+        learner that trained on it."""
         return [{"step": step, "prompt_id": self.task["id"], "prompt": self.task["prompt"], "sample": j,
                  "text": c.text, "answer": self.answers[j], "finished": c.finished,
                  "n_tokens": len(c.token_ids), "reward": self.rewards[j],
                  "advantage": self.advantages[j] if self.advantages else 0.0,
                  "trained": self.advantages is not None, "majority": self.majority,
-                 "policy_version": c.policy_version} for j, c in enumerate(self.completions)]
+                 "policy_version": c.policy_version, "staleness": learner_version - c.policy_version,
+                 "is_weight": self.is_weights[j] if self.is_weights else None}
+                for j, c in enumerate(self.completions)]
 
 
 def step_metrics(scored: list[ScoredGroup], equal) -> dict[str, float]:
@@ -111,6 +115,7 @@ class SRTLoop:
         c = cfg.collapse
         self.collapse = CollapseDetector(c.window, c.reward_rise, c.dominance, c.heldout_drop, c.echo)
         self.labels: dict[str, str] = {}      # offline pseudo-labels by task id
+        self.pending: dict = {}               # async: step → its generation, launched ahead
         self.state = LoopState()
 
     # --- helpers ----------------------------------------------------------------------------------
@@ -143,6 +148,24 @@ class SRTLoop:
                                 max_new_tokens=self.cfg.sampling.max_new_tokens, seed=seed)
         completions = self.roles.generate([t["prompt"] for t in tasks], params)
         return [completions[i * n:(i + 1) * n] for i in range(len(tasks))]
+
+    def rollouts(self, step: int) -> list[list[Completion]]:
+        """The step's samples. Synchronous: generated now by the current policy. Asynchronous:
+        launched ``max_staleness`` steps ahead, so step k+1 generates while step k trains."""
+        t, n = self.cfg.train, self.cfg.sampling.n
+        params = lambda k: SamplingParams(n=n, temperature=self.cfg.sampling.temperature,
+                                          top_p=self.cfg.sampling.top_p, seed=t.seed * 1_000_003 + k,
+                                          max_new_tokens=self.cfg.sampling.max_new_tokens)
+        launch = lambda k: self.roles.launch([x["prompt"] for x in self.batch_for(k)], params(k))
+        if t.mode == "sync":
+            completions = self.roles.generate([x["prompt"] for x in self.batch_for(step)], params(step))
+        else:
+            pending = self.pending.pop(step, None) or launch(step)
+            for ahead in range(step + 1, min(step + t.max_staleness, t.steps) + 1):
+                if ahead not in self.pending:
+                    self.pending[ahead] = launch(ahead)
+            completions = self.roles.collect(pending)
+        return [completions[i * n:(i + 1) * n] for i in range(len(completions) // n)]
 
     # --- evaluation -------------------------------------------------------------------------------
 
@@ -226,11 +249,13 @@ class SRTLoop:
         cfg = self.cfg
         tasks = self.batch_for(step)
         t0 = time.perf_counter()
-        groups = self.sample_groups(tasks, cfg.sampling.n, cfg.sampling.temperature,
-                                    seed=cfg.train.seed * 1_000_003 + step)
+        groups = self.rollouts(step)
         t_gen = time.perf_counter() - t0
         scored = self.score(tasks, groups)
-        used = self.trainable(scored)
+        learner_version = self.roles.version
+        stale = [i for i, g in enumerate(groups)
+                 if max(learner_version - c.policy_version for c in g) > cfg.train.max_staleness]
+        used = [i for i in self.trainable(scored) if i not in stale]
         estimator = ADVANTAGE_ESTIMATORS[cfg.learner.advantage]
         for i in used:   # each group is one prompt's samples
             scored[i].advantages = estimator(torch.tensor(scored[i].rewards)).tolist()
@@ -239,9 +264,20 @@ class SRTLoop:
         t1 = time.perf_counter()
         learner_stats = self.roles.train(samples) if samples else {}
         t_train = time.perf_counter() - t1
+        if "is_weights" in learner_stats:      # back onto the groups they came from, in order
+            weights = iter(learner_stats.pop("is_weights"))
+            for i in used:
+                scored[i].is_weights = [next(weights) for _ in scored[i].completions]
         sync = self.roles.sync_weights() if samples else {}
-        self.store.write_samples(step, [row for g in scored for row in g.rows(step)])
+        rows = [row for g in scored for row in g.rows(step, learner_version)]
+        self.store.write_samples(step, rows)
         values = step_metrics(scored, self.equal)
+        values["train/staleness_max"] = float(max(r["staleness"] for r in rows))
+        values["train/stale_groups_dropped"] = float(len(stale))
+        trained_weights = [r["is_weight"] for r in rows if r["is_weight"] is not None]
+        if trained_weights:
+            values["train/is_weight_mean"] = sum(trained_weights) / len(trained_weights)
+            values["train/is_weight_min"] = min(trained_weights)
         completions = [c for g in groups for c in g]
         values.update({"train/groups_trained": float(len(used)), "time/gen_s": t_gen, "time/train_s": t_train,
                        "throughput/samples_per_s": len(completions) / max(t_gen, 1e-9),
