@@ -69,6 +69,17 @@ class PendingGeneration:
     version: int                   # the policy the samplers held when it was launched
 
 
+def round_robin(n: int, k: int) -> list[list[int]]:
+    """Indices 0..n-1 dealt to k actors in turn; actors with nothing to do are left out."""
+    return [c for c in (list(range(n))[i::k] for i in range(k)) if c]
+
+
+def describe(error: BaseException) -> str:
+    """An exception in one line for an event: its type and the first line of its message."""
+    text = str(error)
+    return f"{type(error).__name__}: {text.splitlines()[0][:200] if text else ''}"
+
+
 class StaleSampler(RuntimeError):
     """A sampler answered with an older policy than the learner's: it was restarted."""
 
@@ -93,8 +104,7 @@ class Roles:
 
     def launch(self, prompts: list[str], params: SamplingParams) -> "PendingGeneration":
         """Start generating without waiting (asynchronous rollouts); ``collect`` gets the result."""
-        k = len(self.samplers)
-        chunks = [c for c in (list(range(len(prompts)))[i::k] for i in range(k)) if c]
+        chunks = round_robin(len(prompts), len(self.samplers))
         call = lambda i: self.samplers[i].generate.remote([prompts[j] for j in chunks[i]], params)
         return PendingGeneration(len(prompts), chunks, call, [call(i) for i in range(len(chunks))], self.version)
 
@@ -108,8 +118,7 @@ class Roles:
 
     def grade(self, groups: list[dict], reward: dict) -> list[dict]:
         """Grade prompts' samples on the ``sandbox`` role (``jobs.rewards.grade_groups``)."""
-        k = len(self.graders)
-        chunks = [c for c in (list(range(len(groups)))[i::k] for i in range(k)) if c]
+        chunks = round_robin(len(groups), len(self.graders))
         call = lambda i: self.graders[i].grade.remote([groups[j] for j in chunks[i]], reward)
         refs = [call(i) for i in range(len(chunks))]
         out: list = [None] * len(groups)
@@ -138,10 +147,10 @@ class Roles:
     def _recover(self, role: str, i: int, error: Exception, attempt: int) -> None:
         import ray
         actor = (self.samplers if role == "sampler" else self.graders)[i]
-        name = self.names.get(role, [f"{role}-{i}"] * (i + 1))[i]
+        names = self.names.get(role)
         self.restarts += 1
-        self.on_event("actor_restarted", role=role, actor=name, attempt=attempt,
-                      error=f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}")
+        self.on_event("actor_restarted", role=role, actor=names[i] if names else f"{role}-{i}",
+                      attempt=attempt, error=describe(error))
         wait_for_restart(actor, self.restart_timeout_s)
         if role == "sampler" and self.weights is not None:
             ray.get(actor.load_weights.remote(self.weights))

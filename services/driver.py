@@ -48,7 +48,7 @@ def run_job(cfg, run_dir: str, resume: bool) -> str:
         if kind == "actor_restarted":
             metrics.export({"ray/actor_restarts": float(metrics.counts[kind])})
             progress.note(f"[yellow]{fields.get('actor')} was lost ({fields.get('error')}); "
-                          f"restarted, its work re-issued (attempt {fields.get('attempt')})")
+                          f"restarted, its work re-issued")
 
     placement = Placement(store.name, specs, cfg.ray, on_event).reserve()
     try:

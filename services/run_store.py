@@ -52,7 +52,6 @@ class RunStore:
             self.remote = RunMirror(self.root, remote)
         self._metrics: list[dict[str, Any]] = self.read_metrics()
         self.last_step = max((m["step"] for m in self._metrics), default=0)
-        self._writing: str | None = None
 
     @property
     def location(self) -> str:
@@ -70,7 +69,8 @@ class RunStore:
     def actor_dir(self, checkpoint: Path, part: str) -> str:
         """Where an actor (maybe on another node) writes or reads part ``part`` of a checkpoint;
         ``checkpoint`` is the directory ``save_checkpoint`` handed to its writer, or a finished one."""
-        name = self._writing if checkpoint.name.startswith(".") and self._writing else checkpoint.name
+        # a checkpoint being written is ".step_N.RANDOM" (save_checkpoint's temporary directory)
+        name = checkpoint.name[1:].split(".", 1)[0] if checkpoint.name.startswith(".") else checkpoint.name
         if self.remote:
             return f"{self.remote.uri}/checkpoints/{name}/{part}"
         return str(checkpoint / part)
@@ -137,14 +137,12 @@ class RunStore:
         then the ``latest`` pointer moves and older checkpoints beyond ``keep`` are deleted."""
         final = self.checkpoint_dir(step)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-        self._writing = final.name
         try:
             write(tmp)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
         finally:
-            self._writing = None
             shutil.rmtree(tmp, ignore_errors=True)
         atomic_write_text(self.root / "checkpoints" / "latest", final.name)
         done = sorted(p for p in final.parent.glob("step_*") if p.is_dir())

@@ -154,20 +154,27 @@ import json, sys, time, ray
 from pathlib import Path
 from ray.util.state import list_tasks
 ray.init(address="{gcs}", namespace="evoray")
-events = Path("{run_dir}") / "events.jsonl"
+events, task = Path("{run_dir}") / "events.jsonl", {task!r}
 deadline = time.time() + 240
 while time.time() < deadline:
     done = [json.loads(l) for l in events.read_text().splitlines()] if events.exists() else []
-    if any(e["event"] == "checkpoint" and e["step"] >= 1 for e in done):
-        running = list_tasks(filters=[("name", "=", "Sampler.generate"), ("state", "=", "RUNNING")],
-                             raise_on_missing_output=False)
-        if running:
-            ray.kill(ray.get_actor("{name}:sampler-0"), no_restart=False)
-            print("killed during generate")
+    if any(e["event"] == {event!r} and e["step"] >= {min_step} for e in done):
+        if task is None or list_tasks(filters=[("name", "=", task), ("state", "=", "RUNNING")],
+                                      raise_on_missing_output=False):
+            ray.kill(ray.get_actor({actor!r}), no_restart=False)
+            print(f"killed {actor} while {{task}} ran" if task else "killed {actor}")
             sys.exit(0)
-    time.sleep(0.05)
-sys.exit("no running generate call seen")
+    time.sleep(0.02)
+sys.exit("the moment to kill never came")
 """
+
+
+def kill_actor_when(cluster: Cluster, run_dir: Path, actor: str, event: str, min_step: int = 0,
+                    task: str | None = None) -> subprocess.CompletedProcess:
+    """From another driver: ``ray.kill`` (restartable) run ``actor`` once ``event`` is in the
+    run's events.jsonl at ``min_step`` or later and, if given, a ``task`` of that name is RUNNING."""
+    return cluster.python(KILLER.format(gcs=cluster.gcs, run_dir=run_dir, actor=f"{run_dir.name}:{actor}",
+                                        event=event, min_step=min_step, task=task))
 
 
 def test_sampler_killed_mid_step_costs_a_retry_not_the_run(cluster, tiny_lm, tmp_path):
@@ -177,8 +184,8 @@ def test_sampler_killed_mid_step_costs_a_retry_not_the_run(cluster, tiny_lm, tmp
                                                  "--set", "sampling.n=8", "--set", "sampling.max_new_tokens=64"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     job_id = proc.stdout.strip().splitlines()[-1]
-    killer = cluster.python(KILLER.format(gcs=cluster.gcs, run_dir=run_dir, name=run_dir.name))
-    assert killer.returncode == 0 and "killed during generate" in killer.stdout, killer.stderr[-2000:]
+    killer = kill_actor_when(cluster, run_dir, "sampler-0", "checkpoint", min_step=1, task="Sampler.generate")
+    assert killer.returncode == 0 and "while Sampler.generate ran" in killer.stdout, killer.stderr[-2000:]
     followed = cluster.evoray("logs", job_id, "--follow", "--address", cluster.jobs_api)
     assert followed.returncode == 0, followed.stdout[-3000:] + followed.stderr[-2000:]
     restarts = [e for e in events(run_dir) if e["event"] == "actor_restarted"]
@@ -229,23 +236,6 @@ def test_colocated_learner_shares_the_first_samplers_node(cluster, tiny_lm, tmp_
     assert reserved["colocated"] is True
 
 
-DGM_KILLER = """
-import json, sys, time, ray
-from pathlib import Path
-ray.init(address="{gcs}", namespace="evoray")
-events = Path("{run_dir}") / "events.jsonl"
-deadline = time.time() + 240
-while time.time() < deadline:
-    done = [json.loads(l) for l in events.read_text().splitlines()] if events.exists() else []
-    if any(e["event"] == "attempt_started" for e in done):
-        ray.kill(ray.get_actor("{name}:sandbox-0"), no_restart=False)
-        print("killed during the attempt")
-        sys.exit(0)
-    time.sleep(0.02)
-sys.exit("the attempt never started")
-"""
-
-
 def test_dgm_worker_killed_mid_attempt_is_reissued(cluster, tmp_path):
     from tests.test_dgm_loop import issue, write_config
     diagnosis = [{"match": "You improve a coding agent", "reply": issue("ISSUE-IMPROVE")}]
@@ -255,7 +245,7 @@ def test_dgm_worker_killed_mid_attempt_is_reissued(cluster, tmp_path):
                              "--set", "sandbox.resources={sandbox: 1}", "--set", "ray.num_cpus=null"],
                             cwd=ROOT, env={**cluster.env, "RAY_ADDRESS": cluster.gcs},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    killer = cluster.python(DGM_KILLER.format(gcs=cluster.gcs, run_dir=run_dir, name=run_dir.name))
+    killer = kill_actor_when(cluster, run_dir, "sandbox-0", "attempt_started")
     out, err = proc.communicate(timeout=600)
     assert killer.returncode == 0, killer.stderr[-2000:]
     assert proc.returncode == 0, out[-2000:] + err[-3000:]

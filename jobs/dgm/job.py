@@ -72,7 +72,7 @@ def run_dgm(cfg, store, progress, export, placement) -> None:
         except Exception:
             return {}
     try:
-        DGMLoop(cfg, store, progress, export, workers, url, token, usage).run()
+        DGMLoop(cfg, store, progress, export, workers, url, token, usage, placement.on_event).run()
     finally:
         ray.get([w.close.remote() for w in workers])
         ray.get(gateway.stop.remote())

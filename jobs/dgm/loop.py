@@ -25,7 +25,7 @@ from pathlib import Path
 from actors.sandbox import SandboxLimits
 from jobs.dgm.attempt import AgentSettings, AttemptResult, AttemptSpec, TaskOutcome, pick_failure
 from jobs.dgm.scheduler import REISSUE, AttemptScheduler
-from services.controller import wait_for_restart
+from services.controller import describe, wait_for_restart
 from jobs.dgm.selection import select_parents
 from jobs.dgm.tasks import CodeTask, humaneval_tasks, read_tree, repo_tasks
 from services.archive import Archive, ArchiveRow
@@ -78,8 +78,9 @@ def child_id(attempt: int) -> str:
 
 class DGMLoop:
     def __init__(self, cfg, store: RunStore, progress, export, workers: list, gateway_url: str,
-                 token: str, usage=None):
+                 token: str, usage=None, on_event=None):
         self.cfg, self.store, self.progress, self.export = cfg, store, progress, export
+        self.on_event = on_event or store.event     # the driver's: events.jsonl, metrics, a note
         self.workers, self.free = workers, list(workers)
         self.busy: dict[int, object] = {}
         self.stage1, self.stage2 = load_tasks(cfg)
@@ -217,9 +218,8 @@ class DGMLoop:
             return False
         self.retried[attempt] = self.retried.get(attempt, 0) + 1
         worker = self.busy.pop(attempt)
-        self.store.event("actor_restarted", role="sandbox", attempt=attempt, retry=self.retried[attempt],
-                         error=f"{type(result).__name__}: {str(result).splitlines()[0][:200]}")
-        self.progress.note(f"[yellow]attempt {attempt}: its worker was lost; re-issued after the restart")
+        self.on_event("actor_restarted", role="sandbox", actor=f"{self.store.name}:sandbox-{self.workers.index(worker)}",
+                      attempt=attempt, retry=self.retried[attempt], error=describe(result))
         wait_for_restart(worker, self.cfg.ray.placement_timeout_s, probe="backend")
         self.free.append(worker)
         return True

@@ -59,6 +59,11 @@ class LoopState:
     stopped: Optional[str] = None
 
 
+def groups_of(completions: list[Completion], n: int) -> list[list[Completion]]:
+    """Completions in prompt order, n per prompt → one list per prompt."""
+    return [completions[i:i + n] for i in range(0, len(completions), n)]
+
+
 @dataclass
 class ScoredGroup:
     task: dict
@@ -143,29 +148,28 @@ class SRTLoop:
             batch.append(pool[order[pos]])
         return batch
 
-    def sample_groups(self, tasks: list[dict], n: int, temperature: float, seed: int):
-        params = SamplingParams(n=n, temperature=temperature, top_p=self.cfg.sampling.top_p,
-                                max_new_tokens=self.cfg.sampling.max_new_tokens, seed=seed)
-        completions = self.roles.generate([t["prompt"] for t in tasks], params)
-        return [completions[i * n:(i + 1) * n] for i in range(len(tasks))]
+    def params(self, n: int, temperature: float, seed: int) -> SamplingParams:
+        return SamplingParams(n=n, temperature=temperature, top_p=self.cfg.sampling.top_p,
+                              max_new_tokens=self.cfg.sampling.max_new_tokens, seed=seed)
 
-    def rollouts(self, step: int) -> list[list[Completion]]:
-        """The step's samples. Synchronous: generated now by the current policy. Asynchronous:
-        launched ``max_staleness`` steps ahead, so step k+1 generates while step k trains."""
-        t, n = self.cfg.train, self.cfg.sampling.n
-        params = lambda k: SamplingParams(n=n, temperature=self.cfg.sampling.temperature,
-                                          top_p=self.cfg.sampling.top_p, seed=t.seed * 1_000_003 + k,
-                                          max_new_tokens=self.cfg.sampling.max_new_tokens)
-        launch = lambda k: self.roles.launch([x["prompt"] for x in self.batch_for(k)], params(k))
+    def sample_groups(self, tasks: list[dict], n: int, temperature: float, seed: int):
+        return groups_of(self.roles.generate([t["prompt"] for t in tasks], self.params(n, temperature, seed)), n)
+
+    def rollouts(self, step: int, tasks: list[dict]) -> list[list[Completion]]:
+        """The step's samples for its ``tasks``. Synchronous: generated now by the current policy.
+        Asynchronous: launched ``max_staleness`` steps ahead, so step k+1 generates while step k
+        trains."""
+        t, s = self.cfg.train, self.cfg.sampling
+        seed = lambda k: t.seed * 1_000_003 + k
         if t.mode == "sync":
-            completions = self.roles.generate([x["prompt"] for x in self.batch_for(step)], params(step))
-        else:
-            pending = self.pending.pop(step, None) or launch(step)
-            for ahead in range(step + 1, min(step + t.max_staleness, t.steps) + 1):
-                if ahead not in self.pending:
-                    self.pending[ahead] = launch(ahead)
-            completions = self.roles.collect(pending)
-        return [completions[i * n:(i + 1) * n] for i in range(len(completions) // n)]
+            return self.sample_groups(tasks, s.n, s.temperature, seed(step))
+        launch = lambda k, batch: self.roles.launch([x["prompt"] for x in batch],
+                                                    self.params(s.n, s.temperature, seed(k)))
+        pending = self.pending.pop(step, None) or launch(step, tasks)
+        for ahead in range(step + 1, min(step + t.max_staleness, t.steps) + 1):
+            if ahead not in self.pending:
+                self.pending[ahead] = launch(ahead, self.batch_for(ahead))
+        return groups_of(self.roles.collect(pending), s.n)
 
     # --- evaluation -------------------------------------------------------------------------------
 
@@ -249,7 +253,7 @@ class SRTLoop:
         cfg = self.cfg
         tasks = self.batch_for(step)
         t0 = time.perf_counter()
-        groups = self.rollouts(step)
+        groups = self.rollouts(step, tasks)
         t_gen = time.perf_counter() - t0
         scored = self.score(tasks, groups)
         learner_version = self.roles.version
