@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.evoray-installed
 PYTEST  ?= -q
 
-.PHONY: install demo baseline collapse smoke dgm-demo dgm-smoke uigenie-demo uigenie-smoke test bench-weight-sync bench-sandbox bench-dgm-scheduler sandbox-image clean
+.PHONY: install demo baseline collapse smoke mmupt-demo mmupt-smoke bench-grpo-step dgm-demo dgm-smoke uigenie-demo uigenie-smoke test bench-weight-sync bench-sandbox bench-dgm-scheduler sandbox-image clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,16 @@ collapse: $(STAMP)
 
 smoke: $(STAMP)
 	$(VENV)/bin/evoray run jobs/configs/srt-smoke.yaml
+
+mmupt-demo: $(STAMP)
+	$(VENV)/bin/evoray run jobs/configs/mmupt-demo.yaml --run-dir runs/mmupt-demo-$$(date +%Y%m%d-%H%M%S)
+
+mmupt-smoke: $(STAMP)
+	$(VENV)/bin/evoray run jobs/configs/mmupt-smoke.yaml
+
+# one GPU: the issue's 0.4B shape; on a CPU try `evoray bench grpo-step --preset tiny`
+bench-grpo-step: $(STAMP)
+	$(VENV)/bin/evoray bench grpo-step
 
 # DGM: with OPENAI_API_KEY set, the external model is the foundation model; else SmolLM2
 dgm-demo: $(STAMP)

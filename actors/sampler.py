@@ -3,6 +3,8 @@
 Backends: ``transformers`` (CPU, or GPU without vLLM) and ``vllm`` (offline ``LLM`` API, imported
 only when selected). Prompts arrive as chat messages; the sampler owns the tokenizer and its chat
 template, and returns the prompt's token ids so the learner trains on exactly what was sampled.
+A prompt may carry an image (``{"text": ..., "image": PNG/JPEG bytes}``) when the model is a
+vision-language model (``actors/vision.py``).
 """
 from __future__ import annotations
 
@@ -59,13 +61,24 @@ class Sampler:
     def policy_version(self) -> int:
         return self.version
 
-    def encode(self, messages: list[dict], reply_prefix: str = "") -> list[int]:
-        """Prompt token ids; ``reply_prefix`` is the start of the assistant's reply, forced."""
-        tok = self.backend.tokenizer
+    def encode(self, messages: list[dict], reply_prefix: str = "", image: bytes | None = None) -> list[int]:
+        """Prompt token ids; ``reply_prefix`` is the start of the assistant's reply, forced. With
+        ``image`` the last message's text follows the image's placeholder (expanded to its tokens)."""
+        tok, vision = self.backend.tokenizer, getattr(self.backend, "vision", None)
+        if image is not None:
+            if vision is None:
+                raise ValueError(f"model {self.settings.model!r} is not a vision-language model; "
+                                 f"it cannot take image prompts")
+            messages = list(messages[:-1]) + [{**messages[-1],
+                                               "content": f"{vision.placeholder}\n{messages[-1]['content']}"}]
         if self.settings.system_prompt:
             messages = [{"role": "system", "content": self.settings.system_prompt}] + list(messages)
         if not getattr(tok, "chat_template", None):   # a base model: the prompt text as it is
-            ids = tok.encode("\n\n".join(m["content"] for m in messages))
+            text = "\n\n".join(m["content"] for m in messages)
+            ids = vision.prompt_ids(text, image) if image is not None else tok.encode(text)
+        elif image is not None:
+            ids = vision.prompt_ids(tok.apply_chat_template(messages, add_generation_prompt=True,
+                                                            tokenize=False), image)
         else:
             ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                           return_dict=False)
@@ -76,11 +89,14 @@ class Sampler:
         tok = self.backend.tokenizer
         return tok.encode(text, add_special_tokens=False) + [tok.eos_token_id]
 
-    def generate(self, prompts: list[str], params: SamplingParams, reply_prefix: str = "") -> list[Completion]:
-        """``params.n`` completions for each user prompt, grouped by prompt in order; every reply
-        continues ``reply_prefix`` (its text excludes the prefix)."""
-        prompt_ids = [self.encode([{"role": "user", "content": p}], reply_prefix) for p in prompts]
-        out = self.backend.generate(prompt_ids, params)
+    def generate(self, prompts: list[str | dict], params: SamplingParams, reply_prefix: str = "") -> list[Completion]:
+        """``params.n`` completions for each user prompt (text, or ``{"text", "image"}``), grouped
+        by prompt in order; every reply continues ``reply_prefix`` (its text excludes the prefix)."""
+        texts = [p["text"] if isinstance(p, dict) else p for p in prompts]
+        images = [p.get("image") if isinstance(p, dict) else None for p in prompts]
+        prompt_ids = [self.encode([{"role": "user", "content": t}], reply_prefix, image)
+                      for t, image in zip(texts, images)]
+        out = self.backend.generate(prompt_ids, params, images if any(images) else None)
         tok = self.backend.tokenizer
         return [Completion(pi, prompt_ids[pi], ids, lps, tok.decode(ids, skip_special_tokens=True), fin,
                            self.version)
@@ -138,18 +154,19 @@ class Sampler:
 
 class TransformersBackend:
     def __init__(self, s: SamplerSettings):
-        from actors.model_loading import load_causal_lm
-        self.model, self.tokenizer = load_causal_lm(s.model, s.dtype, s.device)
+        from actors.model_loading import load_policy
+        self.model, self.tokenizer, self.vision = load_policy(s.model, s.dtype, s.device)
         self.model.eval()
         self.eos_ids = {self.tokenizer.eos_token_id}
         gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
         self.eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
 
-    def generate(self, prompt_ids, p: SamplingParams):
+    def generate(self, prompt_ids, p: SamplingParams, images: list[bytes] | None = None):
         from actors.generation import generate_groups
+        prefill = self.vision.pixel_inputs([i for i in images if i], self.model.device) if images else None
         b = generate_groups(self.model, prompt_ids, p.n, p.max_new_tokens, self.eos_ids,
                             self.tokenizer.pad_token_id, p.temperature, p.top_p, p.seed,
-                            device=self.model.device)
+                            device=self.model.device, prefill_inputs=prefill)
         return list(zip(b.prompt_index, b.token_ids, b.logprobs, b.finished))
 
     def load_weights(self, packed: PackedWeights) -> None:
@@ -172,7 +189,13 @@ class VLLMBackend:
             raise ImportError("sampler.backend 'vllm' needs the vllm package, a GPU extra: "
                               "pip install -e '.[gpu]'") from e
         from actors.model_loading import resolve_model
-        self.llm = vllm.LLM(model=resolve_model(s.model), dtype=s.dtype,
+        from actors.vision import VisionInputs, is_vision_checkpoint
+        path = resolve_model(s.model)
+        self.vision = None
+        if is_vision_checkpoint(path):     # image prompts are encoded here, as on the CPU path
+            from transformers import AutoProcessor
+            self.vision = VisionInputs(AutoProcessor.from_pretrained(path))
+        self.llm = vllm.LLM(model=path, dtype=s.dtype,
                             tensor_parallel_size=s.tensor_parallel_size,
                             gpu_memory_utilization=s.gpu_memory_utilization,
                             worker_extension_cls="actors.vllm_worker.WeightUpdateExtension",
@@ -180,12 +203,17 @@ class VLLMBackend:
         self.tokenizer = self.llm.get_tokenizer()
         self.sleep_mode = bool(s.extra.get("enable_sleep_mode"))   # set when colocated
 
-    def generate(self, prompt_ids, p: SamplingParams):
+    def generate(self, prompt_ids, p: SamplingParams, images: list[bytes] | None = None):
         import vllm
+
+        from actors.vision import decode_image
         params = vllm.SamplingParams(n=p.n, temperature=p.temperature, top_p=p.top_p,
                                      max_tokens=p.max_new_tokens, logprobs=0, seed=p.seed)
-        outputs = self.llm.generate([vllm.TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids],
-                                    params, use_tqdm=False)
+        prompts = [vllm.TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
+        for prompt, image in zip(prompts, images or []):
+            if image is not None:     # ids hold the expanded placeholder; vLLM matches it to the image
+                prompt["multi_modal_data"] = {"image": decode_image(image)}
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
         result = []
         for pi, out in enumerate(outputs):
             for c in out.outputs:

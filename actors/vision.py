@@ -1,0 +1,131 @@
+"""Vision-language models for the transformers path: image prompts for the sampler and the learner.
+
+A VLM checkpoint (its config has a ``vision_config``) loads with its processor. The processor turns
+(chat text with one image placeholder, image) into token ids in which the placeholder is already
+expanded to the image's tokens; the same ids go to the learner, which only re-runs the image
+processor on the image bytes to get ``pixel_values``. So sampler and learner see the same input.
+
+The transformers path drives decoding with explicit 1-D positions (left padding), which holds for
+the LLaVA family; models with multimodal rotary positions (Qwen2-VL, Qwen2.5-VL) sample through
+vLLM and are refused here with a message.
+
+Embedded VLMs, built from a config once and cached like the embedded GGUF model (no download):
+``tiny-llava`` (a 2-layer random LM, for tests) and ``smollm2-135m-llava`` (SmolLM2-135M-Instruct as
+the language model; both have a random 2-layer CLIP vision tower and projector: they are blind,
+and show the mechanics, not a model's ability to read images).
+"""
+from __future__ import annotations
+
+import io
+import shutil
+import tempfile
+from pathlib import Path
+
+IMAGE_TOKEN = "<image>"
+VISION_SIZE, PATCH = 56, 14                  # 16 image tokens per image
+MROPE_MODELS = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
+EMBEDDED_VLMS = {"tiny-llava": "tiny", "smollm2-135m-llava": "smollm2-135m-instruct"}
+
+
+def is_vision_checkpoint(path: str) -> bool:
+    """A config with a ``vision_config`` (LLaVA, Qwen2-VL, Gemma 3, …)."""
+    from transformers import AutoConfig
+    return getattr(AutoConfig.from_pretrained(path), "vision_config", None) is not None
+
+
+def build_llava(target: Path, text_model: str) -> None:
+    """Write a LLaVA checkpoint + processor at ``target`` (atomic rename): a random tiny CLIP vision
+    tower and projector on ``text_model`` ("tiny": a random 2-layer Llama with SmolLM2's tokenizer)."""
+    import torch
+    from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessorPil,
+                              CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
+                              LlavaProcessor)
+
+    from actors.model_loading import resolve_model
+    torch.manual_seed(0)
+    lm_path = resolve_model("smollm2-135m-instruct")
+    tokenizer = AutoTokenizer.from_pretrained(lm_path)
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    if text_model == "tiny":
+        text_config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  max_position_embeddings=1024, tie_word_embeddings=True,
+                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    else:
+        text_config = AutoConfig.from_pretrained(resolve_model(text_model))
+    vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=2, image_size=VISION_SIZE, patch_size=PATCH)
+    config = LlavaConfig(vision_config=vision, text_config=text_config,
+                         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+                         vision_feature_select_strategy="default", vision_feature_layer=-1,
+                         tie_word_embeddings=True)
+    model = LlavaForConditionalGeneration(config)
+    if text_model != "tiny":
+        lm = AutoModelForCausalLM.from_pretrained(resolve_model(text_model), dtype=torch.float32)
+        model.model.language_model.load_state_dict(lm.model.state_dict())
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": VISION_SIZE},
+                                            crop_size={"height": VISION_SIZE, "width": VISION_SIZE})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH,
+                               vision_feature_select_strategy="default", image_token=IMAGE_TOKEN,
+                               num_additional_image_tokens=1, chat_template=tokenizer.chat_template)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process built it first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def decode_image(data: bytes):
+    from PIL import Image
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+class VisionInputs:
+    """The processor's two jobs: expanded prompt ids for (text, image), and pixel inputs for images."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def prompt_ids(self, text: str, image: bytes) -> list[int]:
+        """``text`` is the chat-formatted prompt containing one image placeholder."""
+        enc = self.processor(text=[text], images=[decode_image(image)], return_tensors="pt")
+        return enc["input_ids"][0].tolist()
+
+    def pixel_inputs(self, images: list[bytes], device="cpu") -> dict:
+        """The model's image inputs for ``images`` in order (``pixel_values`` and whatever else the
+        image processor returns)."""
+        out = self.processor.image_processor(images=[decode_image(b) for b in images], return_tensors="pt")
+        return {k: v.to(device) for k, v in out.items()}
+
+    @property
+    def placeholder(self) -> str:
+        return getattr(self.processor, "image_token", IMAGE_TOKEN)
+
+
+def load_vision_lm(path: str, dtype: str, device: str):
+    """(model, tokenizer, VisionInputs) for a VLM checkpoint directory or hub id."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    processor = AutoProcessor.from_pretrained(path)
+    model_type = getattr(processor, "model_type", None) or _model_type(path)
+    if model_type in MROPE_MODELS:
+        raise ValueError(f"{path}: {model_type} uses multimodal rotary positions, which the transformers "
+                         f"path does not drive; use sampler.backend: vllm for it")
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
+    tokenizer = processor.tokenizer
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, VisionInputs(processor)
+
+
+def _model_type(path: str) -> str:
+    from transformers import AutoConfig
+    return AutoConfig.from_pretrained(path).model_type

@@ -1,0 +1,1 @@
+"""MM-UPT: unsupervised post-training of a vision-language model on its own majority votes."""
