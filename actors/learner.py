@@ -7,6 +7,12 @@ gradients accumulated; aggregation is exact across micro-batches.
 
 One optimizer step per batch, so π_old is the current policy (ratio 1, gradient −A∇logπ unless
 clipped); the sampler's log-probs are compared against the learner's as a check of the sync.
+
+Data parallel (``world_size`` > 1): one Learner actor per GPU (or CPU process), joined in a
+torch.distributed group (NCCL on GPUs, gloo on CPUs). Rank 0 is the role's face: it splits the
+batch's prompt groups over the ranks by tokens, every rank runs its share with the *global* token
+and sequence counts in the aggregation, the gradients are summed across ranks, and every rank
+takes the same optimizer step — so the update equals the single-process one (tested).
 """
 from __future__ import annotations
 
@@ -45,6 +51,7 @@ class LearnerSettings:
     seed: int = 0
     trainable_layers: int | None = None   # train only the top N decoder layers (+ final norm)
     tis_cap: float | None = None      # truncated importance sampling against the sampler's policy
+    gradient_checkpointing: bool = False  # recompute activations in backward: memory for time
 
 
 @dataclass
@@ -129,7 +136,10 @@ class Learner:
         self.pad_id = tokenizer.pad_token_id
         if settings.trainable_layers is not None:
             freeze_below(self.model, settings.trainable_layers)
+        if settings.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
+        self.rank, self.world_size, self.peers = 0, 1, []
         self.ref = None
         if settings.kl_coef > 0:
             self.ref, _, _ = load_policy(settings.model, "float32", settings.device)
@@ -141,6 +151,59 @@ class Learner:
 
     def ready(self) -> bool:
         return True
+
+    # --- data parallel ----------------------------------------------------------------------------
+
+    def rendezvous(self) -> tuple[str, int]:
+        """Rank 0's address and a free port for the process group."""
+        import socket
+
+        import ray
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            return ray.util.get_node_ip_address(), sock.getsockname()[1]
+
+    def join(self, rank: int, world_size: int, address: tuple[str, int], peers: list) -> int:
+        """Join the data-parallel group; rank 0 gets the other ranks' handles (``peers``). Every rank
+        starts from the same seeded weights; rank 0's are broadcast anyway, so they are equal."""
+        import torch.distributed as dist
+        backend = "nccl" if self.s.device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend, init_method=f"tcp://{address[0]}:{address[1]}", rank=rank,
+                                world_size=world_size)
+        self.rank, self.world_size, self.peers = rank, world_size, peers
+        with torch.no_grad():
+            for p in self.model.parameters():
+                dist.broadcast(p.data, src=0)
+        return rank
+
+    def shards(self, samples: list[Sample]) -> list[list[int]]:
+        """Sample indices per rank: whole prompt groups, each to the rank with the fewest tokens."""
+        groups: list[list[int]] = []
+        for i, smp in enumerate(samples):
+            if groups and samples[groups[-1][0]].prompt_key == smp.prompt_key:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        load, out = [0] * self.world_size, [[] for _ in range(self.world_size)]
+        size = lambda g: sum(len(samples[i].prompt_ids) + len(samples[i].token_ids) for i in g)
+        for g in sorted(groups, key=size, reverse=True):
+            r = load.index(min(load))
+            out[r] += g
+            load[r] += size(g)
+        return [sorted(x) for x in out]
+
+    def _sum_gradients(self) -> None:
+        """All-reduce (sum) the gradients in one flat buffer; a rank without samples adds zeros."""
+        import torch.distributed as dist
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[offset:offset + n].view_as(p).clone()
+            offset += n
 
     # --- the update -------------------------------------------------------------------------------
 
@@ -168,11 +231,32 @@ class Learner:
 
         With ``tis_cap`` (asynchronous rollouts: samples drawn by an older policy μ) each token's
         loss is weighted by w = min(π_θ(a)/μ(a), cap), detached — truncated importance sampling —
-        and ``is_weights`` (each sample's mean w, in input order) comes back with the metrics."""
+        and ``is_weights`` (each sample's mean w, in input order) comes back with the metrics.
+        Data parallel, rank 0 hands each rank its share and sums their metrics."""
         if not samples:
             return {}
-        total_tokens = float(sum(len(s.token_ids) for s in samples))
-        total_seqs = float(len(samples))
+        totals = (float(sum(len(s.token_ids) for s in samples)), float(len(samples)))
+        if self.world_size == 1:
+            return self.train_shard(samples, totals)
+        import ray
+        shards = self.shards(samples)
+        calls = [peer.train_shard.remote([samples[i] for i in shard], totals)
+                 for peer, shard in zip(self.peers, shards[1:])]
+        parts = [self.train_shard([samples[i] for i in shards[0]], totals)] + ray.get(calls)
+        stats = {k: sum(p.get(k, 0.0) for p in parts) for k in ("loss", "kl", "sampler_logprob_gap")}
+        stats.update(grad_norm=parts[0]["grad_norm"], tokens=totals[0], sequences=totals[1])
+        if any("is_weights" in p for p in parts):
+            weights = [0.0] * len(samples)
+            for shard, part in zip(shards, parts):
+                for i, w in zip(shard, part.get("is_weights", [])):
+                    weights[i] = w
+            stats["is_weights"] = weights
+        return stats
+
+    def train_shard(self, samples: list[Sample], totals: tuple[float, float]) -> dict:
+        """This rank's share of a step: losses over ``samples`` aggregated with the whole batch's
+        (tokens, sequences), gradients summed across ranks, one optimizer step."""
+        total_tokens, total_seqs = totals
         aggregate = grpo.AGGREGATIONS[self.s.aggregation]
         policy_loss = grpo.POLICY_LOSSES[self.s.policy_loss]
         stats = {"loss": 0.0, "kl": 0.0, "sampler_logprob_gap": 0.0}
@@ -208,6 +292,8 @@ class Learner:
             if behaviour is not None:
                 stats["sampler_logprob_gap"] += float(aggregate((behaviour - logp.detach()).abs(), mask,
                                                                 total_tokens, total_seqs))
+        if self.world_size > 1:
+            self._sum_gradients()
         stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip))
         self.opt.step()
         self.version += 1
@@ -247,9 +333,15 @@ class Learner:
         (path / "learner.json").write_text(json.dumps({"version": self.version}))
 
     def load(self, directory: str) -> int:
+        """Every rank loads the same checkpoint (rank 0 tells its peers to)."""
+        import ray
+
         from services.storage import read_dir
+        calls = [peer.load.remote(directory) for peer in self.peers]
         with read_dir(directory) as path:
-            return self._load_files(path)
+            version = self._load_files(path)
+        ray.get(calls)
+        return version
 
     def _load_files(self, path: Path) -> int:
         from safetensors.torch import load_file

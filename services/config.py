@@ -62,6 +62,9 @@ class LearnerConfig(ActorResources):
     tis_cap: Optional[float] = Field(None, gt=1, description="truncated importance sampling cap for "
                                      "samples of an older policy; train.mode async sets 2 if unset")
     threads: Optional[int] = Field(None, ge=1)
+    workers: int = Field(1, ge=1, description="data-parallel learner actors (one GPU each): the "
+                         "batch is split by prompt groups and the gradients summed")
+    gradient_checkpointing: bool = False
 
     @field_validator("advantage", "policy_loss", "kl_estimator", "aggregation")
     @classmethod
@@ -183,6 +186,9 @@ class SRTConfig(Strict):
     def _async_corrects_staleness(self) -> "SRTConfig":
         if self.train.mode == "async" and self.learner.tis_cap is None:
             self.learner.tis_cap = 2.0
+        if self.ray.placement == "colocated" and self.learner.workers > 1:
+            raise ValueError("ray.placement: colocated shares the first sampler's GPU with one learner; "
+                             "learner.workers > 1 needs placement: disaggregated")
         return self
 
 # --------------------------------------------------------------------------------------------

@@ -207,13 +207,20 @@ def start_roles(cfg, placement) -> Roles:
         clip_high=lc.clip_high, aggregation=lc.aggregation, kl_coef=lc.kl_coef,
         kl_estimator=lc.kl_estimator, micro_batch_tokens=lc.micro_batch_tokens, autocast=lc.autocast,
         threads=lc.threads, device="cuda" if lc.num_gpus > 0 else "cpu",
-        sync_dtype=None if s.dtype == "float32" else s.dtype, seed=cfg.train.seed, tis_cap=lc.tis_cap)
-    learner = ray.remote(Learner).options(**placement.options("learner", name=placement.actor_name("learner"))
-                                          ).remote(learner_settings)
+        sync_dtype=None if s.dtype == "float32" else s.dtype, seed=cfg.train.seed, tis_cap=lc.tis_cap,
+        gradient_checkpointing=lc.gradient_checkpointing)
+    learners = [ray.remote(Learner).options(**placement.options(
+        "learner", i, name=placement.actor_name("learner", i if i else None))).remote(learner_settings)
+        for i in range(lc.workers)]
     graders = [ray.remote(AnswerGrader).options(**placement.options("sandbox", i)).remote(
         g.backend, g.timeout_s, g.memory_mb) for i in range(g.workers)]
     placement.wait_ready("sampler", [a.ready.remote() for a in samplers])
-    placement.wait_ready("learner", [learner.ready.remote()])
+    placement.wait_ready("learner", [w.ready.remote() for w in learners])
+    learner = learners[0]
+    if len(learners) > 1:       # data parallel: rank 0 is the role's face, the rest its peers
+        address = ray.get(learner.rendezvous.remote())
+        ray.get([w.join.remote(rank, len(learners), address, learners[1:] if rank == 0 else [])
+                 for rank, w in enumerate(learners)])
     placement.wait_ready("sandbox", [a.ready.remote(cfg.reward.equivalence) for a in graders])
     names = {"sampler": [placement.actor_name("sampler", i) for i in range(s.num_actors)],
              "sandbox": [placement.actor_name("sandbox", i) for i in range(g.workers)]}

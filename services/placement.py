@@ -43,7 +43,7 @@ def role_specs(cfg) -> list[RoleSpec]:
     """Every role a job's config starts, with its per-actor resources."""
     if cfg.job in ("srt", "mmupt"):
         specs = [_spec("sampler", cfg.sampler.num_actors, cfg.sampler, restartable=True, grouped=True),
-                 _spec("learner", 1, cfg.learner, grouped=True)]
+                 _spec("learner", cfg.learner.workers, cfg.learner, grouped=True)]
         if cfg.sandbox.workers:
             specs.append(_spec("sandbox", cfg.sandbox.workers, cfg.sandbox, restartable=True))
         return specs

@@ -40,3 +40,4 @@ def test_mmupt_smoke_runs_end_to_end_and_resumes(tmp_path):
     report = evoray("report", str(run_dir))
     assert report.returncode == 0, report.stderr[-3000:]
     assert (run_dir / "heldout.png").is_file()
+

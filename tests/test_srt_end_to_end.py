@@ -1,6 +1,7 @@
 """SRT through real Ray actors with the real embedded model (SmolLM2-135M on CPU)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -98,3 +99,20 @@ def test_offline_labels_and_curriculum(tmp_path):
     assert trained_on <= {r["id"] for r in kept}
     events = [line for line in (run_dir / "events.jsonl").read_text().splitlines() if "base_votes" in line]
     assert events and '"kept": 4' in events[0]
+
+
+def test_data_parallel_learner_through_the_controller(tmp_path):
+    """``learner.workers: 2``: two learner actors joined in a gloo group behind the controller;
+    the steps train, rank 0 checkpoints, both ranks load it on resume."""
+    run_dir = tmp_path / "run"
+    proc = evoray("run", str(SMOKE), "--run-dir", str(run_dir), "--set", "learner.workers=2",
+                  "--set", "learner.num_cpus=0.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = pq.read_table(run_dir / "metrics.parquet").to_pylist()
+    trained = [r["step"] for r in rows if r["name"] == "train/groups_trained" and r["value"] > 0]
+    assert trained and set(trained) <= set(metric_steps(run_dir, "train/loss"))
+    placed = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()
+              if '"roles_placed"' in line]
+    assert sorted(a["name"].split(":")[-1] for a in placed[0]["roles"]["learner"]) == ["learner", "learner-1"]
+    resumed = evoray("resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -1,0 +1,101 @@
+"""The data-parallel learner: two Learner actors joined in a gloo group (real Ray, real
+torch.distributed) take the same step as one Learner on the whole batch."""
+from __future__ import annotations
+
+import pytest
+import ray
+import torch
+
+from actors.learner import Learner, LearnerSettings, Sample
+from actors.weight_sync import unpack_views
+from services.config import ConfigError, parse_config
+
+
+def batch(prompts) -> list[Sample]:
+    """Three prompt groups of different sizes and lengths, sampler log-probs for the TIS weights."""
+    p0, p1, p2 = prompts
+    rows = [(p0, [40, 41, 1], 1.0), (p0, [33, 34, 35, 36, 37], -1.0), (p0, [50], 1.0),
+            (p1, [40, 20, 21, 22, 1], 1.0), (p1, [60, 61], -1.0),
+            (p2, [5, 6, 7, 8, 9, 10, 11], -0.5), (p2, [12], 0.5)]
+    return [Sample(p, ids, a, [-3.0 - 0.1 * k for k in range(len(ids))]) for p, ids, a in rows]
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_lm):
+    from actors.model_loading import load_causal_lm
+    _, tok = load_causal_lm(tiny_lm)
+    texts = ["what is one plus two ?", "hello", "is the cat big or small ? think then answer"]
+    return [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
+                                    tokenize=True, return_dict=False) for t in texts]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+def settings(tiny_lm, **kw) -> LearnerSettings:
+    return LearnerSettings(**{"model": tiny_lm, "lr": 1e-2, "threads": 1, "tis_cap": 2.0, **kw})
+
+
+def weights(exported) -> dict[str, torch.Tensor]:
+    """``export_weights()``'s packed weights ([ref] inside Ray) as tensors by name."""
+    _, packed = exported
+    packed = ray.get(packed[0]) if isinstance(packed, list) else packed
+    return {k: v.clone() for k, v in unpack_views(packed)}
+
+
+@pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean"])
+def test_two_ranks_take_the_single_process_step(tiny_lm, prompts, ray_local, aggregation):
+    samples = batch(prompts)
+    single = Learner(settings(tiny_lm, aggregation=aggregation))
+    expected = single.train_step(samples)
+    ranks = [ray.remote(Learner).options(num_cpus=0.5).remote(settings(tiny_lm, aggregation=aggregation))
+             for _ in range(2)]
+    address = ray.get(ranks[0].rendezvous.remote())
+    assert ray.get([r.join.remote(i, 2, address, ranks[1:] if i == 0 else []) for i, r in enumerate(ranks)]) == [0, 1]
+    got = ray.get(ranks[0].train_step.remote(samples))
+    assert got["loss"] == pytest.approx(expected["loss"], abs=1e-6)
+    assert got["grad_norm"] == pytest.approx(expected["grad_norm"], rel=1e-5)
+    assert got["sampler_logprob_gap"] == pytest.approx(expected["sampler_logprob_gap"], abs=1e-5)
+    assert got["is_weights"] == pytest.approx(expected["is_weights"], abs=1e-6)   # back in input order
+    grads = lambda learner: {k: p.grad.clone() for k, p in learner.model.named_parameters()}
+    want_grads, want = grads(single), weights(single.export_weights())
+    for rank in ranks:
+        # every rank holds the whole batch's (clipped) gradient, summed across ranks …
+        mine = ray.get(rank.__ray_call__.remote(grads))
+        for name, value in want_grads.items():
+            torch.testing.assert_close(mine[name], value, atol=1e-7, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+        # … and so the same new weights (Adam's first step is ±lr wherever |g| ≫ eps; float sums in
+        # another order may flip that for a gradient of ~1e-8, hence the tolerance)
+        mine = weights(ray.get(rank.export_weights.remote()))
+        for name, value in want.items():
+            torch.testing.assert_close(mine[name], value, atol=2e-4, rtol=0, msg=lambda m: f"{name}: {m}")
+    for r in ranks:
+        ray.kill(r)
+
+
+def test_shards_are_whole_groups_balanced_by_tokens(tiny_lm, prompts):
+    learner = Learner(settings(tiny_lm))
+    samples = batch(prompts)
+    learner.world_size = 2
+    shards = learner.shards(samples)
+    assert sorted(i for s in shards for i in s) == list(range(len(samples)))
+    group_of = {i: tuple(samples[i].prompt_ids) for i in range(len(samples))}
+    for a, b in [(0, 1)]:
+        assert not {group_of[i] for i in shards[a]} & {group_of[i] for i in shards[b]}
+    # groups by size: p0 3 × ~12 tokens, p2 2 × ~23, p1 2 × ~7: the largest first, each to the emptier rank
+    sizes = [sum(len(samples[i].prompt_ids) + len(samples[i].token_ids) for i in s) for s in shards]
+    assert max(sizes) - min(sizes) <= max(len(s.prompt_ids) + len(s.token_ids) for s in samples) * 3
+    learner.world_size = 4                         # more ranks than groups: one rank gets nothing
+    assert sorted(len(s) == 0 for s in learner.shards(samples)) == [False, False, False, True]
+
+
+def test_colocated_placement_takes_one_learner():
+    with pytest.raises(ConfigError, match="learner.workers > 1 needs placement: disaggregated"):
+        parse_config({"job": "srt", "learner": {"workers": 2}, "ray": {"placement": "colocated"}})
