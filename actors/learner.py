@@ -305,13 +305,35 @@ class Learner:
 
     # --- weights out ------------------------------------------------------------------------------
 
+    def policy_version(self) -> int:
+        return self.version
+
+    def sync_spec(self):
+        """What a broadcast sync sends, in order: (name, dtype, shape) per parameter."""
+        from actors.weight_broadcast import weight_spec
+        return weight_spec(self.model.named_parameters(), self._sync_dtype())
+
+    def open_weight_group(self, address: tuple[str, int], world_size: int, bucket_mb: float) -> bool:
+        """Rank 0 of the learner → samplers broadcast group (``actors/weight_broadcast.py``)."""
+        from actors.weight_broadcast import BroadcastGroup
+        self.weight_group = (BroadcastGroup(*address, 0, world_size, self.s.device), self.sync_spec(),
+                             int(bucket_mb * 2**20))
+        return True
+
+    def broadcast_weights(self) -> int:
+        """Send the current policy to every sampler in the group; returns the bytes sent."""
+        group, spec, bucket = self.weight_group
+        return group.send([p for _, p in self.model.named_parameters()], spec, bucket)
+
+    def _sync_dtype(self):
+        return getattr(torch, self.s.sync_dtype) if self.s.sync_dtype else None
+
     def export_weights(self):
         """Pack the current policy; return (bytes, weights). Inside Ray the weights are put in the
         object store once and returned as ``[ref]`` (a list, so Ray hands the reference on to the
         samplers instead of resolving it here)."""
         import ray
-        dtype = getattr(torch, self.s.sync_dtype) if self.s.sync_dtype else None
-        packed = pack_state(self.model.named_parameters(), self.version, dtype)
+        packed = pack_state(self.model.named_parameters(), self.version, self._sync_dtype())
         return packed.nbytes, ([ray.put(packed)] if ray.is_initialized() else packed)
 
     # --- checkpoints ------------------------------------------------------------------------------
@@ -334,13 +356,13 @@ class Learner:
 
     def load(self, directory: str) -> int:
         """Every rank loads the same checkpoint (rank 0 tells its peers to)."""
-        import ray
-
         from services.storage import read_dir
         calls = [peer.load.remote(directory) for peer in self.peers]
         with read_dir(directory) as path:
             version = self._load_files(path)
-        ray.get(calls)
+        if calls:
+            import ray
+            ray.get(calls)
         return version
 
     def _load_files(self, path: Path) -> int:

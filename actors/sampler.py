@@ -143,6 +143,24 @@ class Sampler:
         self.version = packed.version
         return self.version
 
+    def weight_ranks(self) -> int:
+        """Ranks this sampler takes in a broadcast group: one per tensor-parallel worker."""
+        return self.backend.weight_ranks
+
+    def open_weight_group(self, address: tuple[str, int], first_rank: int, world_size: int, spec,
+                          bucket_mb: float) -> bool:
+        self.backend.open_weight_group(address, first_rank, world_size, spec, int(bucket_mb * 2**20))
+        return True
+
+    def in_weight_group(self) -> bool:
+        return getattr(self.backend, "weight_group", None) is not None
+
+    def receive_weights(self, version: int) -> int:
+        """Take the learner's broadcast of policy ``version`` (``actors/weight_broadcast.py``)."""
+        self.backend.receive_weights()
+        self.version = version
+        return version
+
     def sleep(self) -> bool:
         """Free the GPU memory the engine holds while a colocated learner trains (vLLM sleep mode;
         the transformers backend keeps its model). True when something was released."""
@@ -173,6 +191,19 @@ class TransformersBackend:
         from actors.weight_sync import load_packed
         load_packed(self.model, packed)
 
+    weight_ranks = 1
+
+    def open_weight_group(self, address, first_rank: int, world_size: int, spec, bucket_bytes: int) -> None:
+        from actors.weight_broadcast import BroadcastGroup
+        self.weight_group = (BroadcastGroup(*address, first_rank, world_size, str(self.model.device)),
+                             spec, bucket_bytes)
+
+    def receive_weights(self) -> None:
+        from actors.weight_broadcast import copy_into
+        group, spec, bucket_bytes = self.weight_group
+        for pairs in group.receive(spec, bucket_bytes):
+            copy_into(self.model, pairs)
+
     def sleep(self) -> bool:
         return False
 
@@ -202,6 +233,7 @@ class VLLMBackend:
                             enable_prefix_caching=True, **s.extra)
         self.tokenizer = self.llm.get_tokenizer()
         self.sleep_mode = bool(s.extra.get("enable_sleep_mode"))   # set when colocated
+        self.tensor_parallel_size = s.tensor_parallel_size
 
     def generate(self, prompt_ids, p: SamplingParams, images: list[bytes] | None = None):
         import vllm
@@ -223,6 +255,18 @@ class VLLMBackend:
 
     def load_weights(self, packed: PackedWeights) -> None:
         self.llm.collective_rpc("load_packed_weights", args=(packed,))
+        self.llm.reset_prefix_cache()
+
+    @property
+    def weight_ranks(self) -> int:
+        return self.tensor_parallel_size
+
+    def open_weight_group(self, address, first_rank: int, world_size: int, spec, bucket_bytes: int) -> None:
+        self.llm.collective_rpc("open_weight_group", args=(address, first_rank, world_size, spec, bucket_bytes))
+        self.weight_group = True
+
+    def receive_weights(self) -> None:
+        self.llm.collective_rpc("receive_weights")
         self.llm.reset_prefix_cache()
 
     def sleep(self) -> bool:

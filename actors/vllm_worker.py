@@ -1,4 +1,6 @@
-"""Runs inside each vLLM worker process (``worker_extension_cls``): in-place weight updates."""
+"""Runs inside each vLLM worker process (``worker_extension_cls``): in-place weight updates, from
+the object store (``load_packed_weights``) or by broadcast from the learner (each tensor-parallel
+worker is one rank of the group: ``actors/weight_broadcast.py``)."""
 from __future__ import annotations
 
 
@@ -8,3 +10,15 @@ class WeightUpdateExtension:
         device = self.device  # the worker's CUDA device
         self.model_runner.model.load_weights(
             weights=((name, view.to(device, non_blocking=True)) for name, view in unpack_views(packed)))
+
+    def open_weight_group(self, address, first_rank: int, world_size: int, spec, bucket_bytes: int) -> None:
+        from actors.weight_broadcast import BroadcastGroup
+        rank = first_rank + self.rank                 # this worker's tensor-parallel rank
+        self.weight_group = (BroadcastGroup(*address, rank, world_size, str(self.device)), spec, bucket_bytes)
+
+    def receive_weights(self) -> None:
+        """Each bucket goes through vLLM's ``load_weights`` (it fuses q/k/v, gate/up and shards
+        for tensor parallelism) while its views are valid."""
+        group, spec, bucket_bytes = self.weight_group
+        for pairs in group.receive(spec, bucket_bytes):
+            self.model_runner.model.load_weights(weights=pairs)

@@ -20,7 +20,8 @@ def write_result(out_dir: str, name: str, result: dict) -> Path:
 
 
 def bench_weight_sync(args) -> int:
-    """Learner → object store → samplers with the real actors, against an in-process ``copy_``."""
+    """Learner → samplers with the real actors (object store and/or broadcast in buckets), against
+    an in-process ``copy_`` of the same tensors on the same device (on a GPU: device to device)."""
     import ray
     import torch
 
@@ -30,46 +31,61 @@ def bench_weight_sync(args) -> int:
     from services.controller import Roles, start_ray
 
     console = Console()
+    gpu = args.device == "cuda"
     start_ray(RayConfig())
-    samplers = [ray.remote(Sampler).options(num_cpus=0.5).remote(SamplerSettings(args.model))
-                for _ in range(args.samplers)]
-    learner = ray.remote(Learner).options(num_cpus=0.5).remote(LearnerSettings(args.model))
+    dtype = "bfloat16" if gpu else "float32"
+    samplers = [ray.remote(Sampler).options(num_cpus=0.5, num_gpus=1 if gpu else 0).remote(
+        SamplerSettings(args.model, dtype=dtype, device=args.device)) for _ in range(args.samplers)]
+    learner = ray.remote(Learner).options(num_cpus=0.5, num_gpus=1 if gpu else 0).remote(
+        LearnerSettings(args.model, device=args.device, sync_dtype=dtype if gpu else None))
     ray.get([a.ready.remote() for a in samplers + [learner]])
-    roles = Roles(samplers, learner)
-    roles.sync_weights()  # warm-up: first put/get maps the object store
-    syncs = [roles.sync_weights() for _ in range(args.repeats)]
+    transports = ["object_store", "broadcast"] if args.transport == "both" else [args.transport]
+    medians = {}
+    for transport in transports:
+        roles = Roles(samplers, learner, transport=transport, bucket_mb=args.bucket_mb)
+        roles.sync_weights()  # warm-up: maps the object store / forms the group
+        syncs = [roles.sync_weights() for _ in range(args.repeats)]
+        medians[transport] = statistics.median(s["time/sync_s"] for s in syncs)
+    nbytes = syncs[0]["sync/mb"] * 1e6
 
-    # the baseline: the same tensors copied in place inside one process
+    # the baseline: the same bytes copied in place inside one process, on the same device
     from actors.model_loading import load_causal_lm
-    model, _ = load_causal_lm(args.model)
+    model, _ = load_causal_lm(args.model, dtype, args.device)
     params = [p.detach() for p in model.parameters()]
     copies = [p.clone() for p in params]
-    nbytes = sum(p.numel() * p.element_size() for p in params)
     copy_s = []
     for _ in range(args.repeats):
+        if gpu:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         for dst, src in zip(copies, params):
             dst.copy_(src)
+        if gpu:
+            torch.cuda.synchronize()
         copy_s.append(time.perf_counter() - t0)
-
-    sync_s = statistics.median(s["time/sync_s"] for s in syncs)
+    copy = statistics.median(copy_s)
     mb = nbytes / 1e6
     result = {
         "benchmark": "weight-sync", "date": datetime.now(timezone.utc).isoformat(),
         "model": args.model, "samplers": args.samplers, "repeats": args.repeats, "mb": mb,
-        "object_store_s": sync_s, "object_store_mb_per_s": mb * args.samplers / sync_s,
-        "inprocess_copy_s": statistics.median(copy_s),
-        "inprocess_copy_mb_per_s": mb / statistics.median(copy_s),
-        "host": platform.node(), "cpus": torch.get_num_threads(), "device": "cpu",
+        "bucket_mb": args.bucket_mb, "inprocess_copy_s": copy, "inprocess_copy_mb_per_s": mb / copy,
+        "host": platform.node(), "cpus": torch.get_num_threads(), "device": args.device,
+        "gpu": torch.cuda.get_device_name() if gpu else None,
     }
+    for transport, seconds in medians.items():
+        result[f"{transport}_s"] = seconds
+        result[f"{transport}_mb_per_s"] = mb * args.samplers / seconds
+        result[f"{transport}_vs_copy"] = (mb * args.samplers / seconds) / (mb / copy)
     table = Table(title=f"weight sync: {args.model}, {mb:.0f} MB, {args.samplers} sampler(s), "
-                        f"median of {args.repeats}")
-    for col in ("path", "seconds", "MB/s"):
+                        f"{args.device}, median of {args.repeats}")
+    for col in ("path", "seconds", "MB/s", "vs copy_"):
         table.add_column(col, justify="right" if col != "path" else "left")
-    table.add_row("learner → object store → samplers (pack, put once, get, copy_)",
-                  f"{sync_s:.3f}", f"{result['object_store_mb_per_s']:.0f}")
-    table.add_row("in-process copy_ of the same tensors", f"{result['inprocess_copy_s']:.3f}",
-                  f"{result['inprocess_copy_mb_per_s']:.0f}")
+    labels = {"object_store": "learner → object store → samplers (pack, put once, get, copy_)",
+              "broadcast": f"learner → samplers, broadcast in {args.bucket_mb:g} MB buckets"}
+    for transport in medians:
+        table.add_row(labels[transport], f"{result[f'{transport}_s']:.3f}",
+                      f"{result[f'{transport}_mb_per_s']:.0f}", f"{result[f'{transport}_vs_copy']:.2f}")
+    table.add_row("in-process copy_ of the same tensors", f"{copy:.3f}", f"{mb / copy:.0f}", "1.00")
     console.print(table)
     console.print(f"wrote {write_result(args.out, 'weight-sync', result)}")
     return 0
@@ -79,6 +95,10 @@ def weight_sync_args(p) -> None:
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--samplers", type=int, default=1, help="sampler actors to sync")
+    p.add_argument("--transport", choices=["object_store", "broadcast", "both"], default="both")
+    p.add_argument("--bucket-mb", type=float, default=256)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: learner and each sampler on a GPU of their own (NCCL broadcast)")
 
 
 def _lazy(module: str, fn: str):

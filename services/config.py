@@ -65,6 +65,10 @@ class LearnerConfig(ActorResources):
     workers: int = Field(1, ge=1, description="data-parallel learner actors (one GPU each): the "
                          "batch is split by prompt groups and the gradients summed")
     gradient_checkpointing: bool = False
+    weight_sync: Literal["auto", "object_store", "broadcast"] = Field(
+        "auto", description="learner → samplers: broadcast in buckets over NCCL/gloo, or the Ray object "
+        "store; auto: broadcast between GPUs when not colocated")
+    sync_bucket_mb: float = Field(256, gt=0, description="broadcast bucket size")
 
     @field_validator("advantage", "policy_loss", "kl_estimator", "aggregation")
     @classmethod
@@ -186,6 +190,9 @@ class SRTConfig(Strict):
     def _async_corrects_staleness(self) -> "SRTConfig":
         if self.train.mode == "async" and self.learner.tis_cap is None:
             self.learner.tis_cap = 2.0
+        if self.ray.placement == "colocated" and self.learner.weight_sync == "broadcast" and self.learner.num_gpus:
+            raise ValueError("learner.weight_sync: broadcast cannot run between two processes on one GPU "
+                             "(ray.placement: colocated); use auto or object_store")
         if self.ray.placement == "colocated" and self.learner.workers > 1:
             raise ValueError("ray.placement: colocated shares the first sampler's GPU with one learner; "
                              "learner.workers > 1 needs placement: disaggregated")

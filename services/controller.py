@@ -97,6 +97,9 @@ class Roles:
     weights: Any = None            # the latest packed weights ([ObjectRef]), for restarted samplers
     restarts: int = 0
     restart_timeout_s: float = 300.0
+    transport: str = "object_store"   # or "broadcast": a process group of the learner and samplers
+    bucket_mb: float = 256
+    group_open: bool = False
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
         """Split the prompts over the samplers; results come back grouped by prompt, in order."""
@@ -152,7 +155,10 @@ class Roles:
         self.on_event("actor_restarted", role=role, actor=names[i] if names else f"{role}-{i}",
                       attempt=attempt, error=describe(error))
         wait_for_restart(actor, self.restart_timeout_s)
-        if role == "sampler" and self.weights is not None:
+        if role == "sampler" and self.transport == "broadcast":
+            self.group_open = False           # the restarted sampler is not in the old group
+            self.sync_weights()
+        elif role == "sampler" and self.weights is not None:
             ray.get(actor.load_weights.remote(self.weights))
 
     def train(self, samples: list) -> dict[str, float]:
@@ -167,19 +173,67 @@ class Roles:
                 ray.get([s.wake_up.remote() for s in self.samplers])
 
     def sync_weights(self) -> dict[str, float]:
-        """Learner → object store (once) → every sampler. Returns the version, MB and MB/s."""
+        """Learner → every sampler: through the object store (packed once), or by broadcast in
+        buckets. Returns the version, MB and MB/s."""
         import ray
         start = time.perf_counter()
-        nbytes, packed = ray.get(self.learner.export_weights.remote())    # [ref]: see export_weights
-        self.weights = packed
-        call = lambda i: self.samplers[i].load_weights.remote(packed)
-        refs = [call(i) for i in range(len(self.samplers))]
-        versions = [self._get("sampler", i, ref, call) for i, ref in enumerate(refs)]
-        self.version = versions[0]
+        if self.transport == "broadcast":
+            self.version, nbytes = self._broadcast()
+        else:
+            nbytes, packed = ray.get(self.learner.export_weights.remote())    # [ref]: see export_weights
+            self.weights = packed
+            call = lambda i: self.samplers[i].load_weights.remote(packed)
+            refs = [call(i) for i in range(len(self.samplers))]
+            self.version = [self._get("sampler", i, ref, call) for i, ref in enumerate(refs)][0]
         seconds = time.perf_counter() - start
-        return {"sync/version": float(versions[0]), "sync/mb": nbytes / 1e6,
+        return {"sync/version": float(self.version), "sync/mb": nbytes / 1e6,
                 "sync/mb_per_s": nbytes / 1e6 / max(seconds, 1e-9) * len(self.samplers),
                 "time/sync_s": seconds}
+
+    def open_weight_group(self) -> None:
+        """(Re)form the broadcast group: the learner is rank 0, each sampler takes one rank per
+        tensor-parallel worker. Every member joins at once (the group forms when all have)."""
+        import ray
+        spec = ray.get(self.learner.sync_spec.remote())
+        ranks = ray.get([s.weight_ranks.remote() for s in self.samplers])
+        firsts = [1 + sum(ranks[:i]) for i in range(len(ranks))]
+        address = ray.get(self.learner.rendezvous.remote())
+        world = 1 + sum(ranks)
+        ray.get([self.learner.open_weight_group.remote(address, world, self.bucket_mb)]
+                + [s.open_weight_group.remote(address, first, world, spec, self.bucket_mb)
+                   for s, first in zip(self.samplers, firsts)])
+        self.group_open = True
+
+    def _members_in_group(self) -> bool:
+        """Whether every sampler still holds its place in the group; one restarted since (a new
+        process) does not, and a broadcast to it would leave the others waiting."""
+        import ray
+        for sampler in self.samplers:
+            wait_for_restart(sampler, self.restart_timeout_s)
+        return all(ray.get([s.in_weight_group.remote() for s in self.samplers]))
+
+    def _broadcast(self) -> tuple[int, int]:
+        """One broadcast of the learner's weights. A sampler restarted since the last one gets a
+        new group first; a member lost during a broadcast leaves the others waiting until the
+        group's timeout, then costs a new group and another try (up to ``max_retries``)."""
+        import ray
+        for attempt in range(self.max_retries + 1):
+            try:
+                if not self.group_open or not self._members_in_group():
+                    if self.group_open:
+                        self.on_event("weight_group_reformed", attempt=attempt + 1, error="a sampler restarted")
+                    self.open_weight_group()
+                version = ray.get(self.learner.policy_version.remote())
+                sent = self.learner.broadcast_weights.remote()
+                ray.get([s.receive_weights.remote(version) for s in self.samplers])
+                return version, ray.get(sent)
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
+                if attempt == self.max_retries:
+                    raise
+                self.group_open = False
+                self.on_event("weight_group_reformed", attempt=attempt + 1, error=describe(e))
+                for sampler in self.samplers:
+                    wait_for_restart(sampler, self.restart_timeout_s)
 
 
 def sampler_settings(s, model: str, colocated: bool = False) -> SamplerSettings:
@@ -225,4 +279,15 @@ def start_roles(cfg, placement) -> Roles:
     names = {"sampler": [placement.actor_name("sampler", i) for i in range(s.num_actors)],
              "sandbox": [placement.actor_name("sandbox", i) for i in range(g.workers)]}
     return Roles(samplers, learner, graders, names, placement.on_event, cfg.ray.max_retries,
-                 placement.colocated, restart_timeout_s=cfg.ray.placement_timeout_s)
+                 placement.colocated, restart_timeout_s=cfg.ray.placement_timeout_s,
+                 transport=weight_transport(cfg, placement.colocated), bucket_mb=lc.sync_bucket_mb)
+
+
+def weight_transport(cfg, colocated: bool) -> str:
+    """``learner.weight_sync: auto``: broadcast (NCCL) between a GPU learner and GPU samplers on
+    their own GPUs; the object store otherwise (CPUs, or a learner sharing a sampler's GPU)."""
+    choice = cfg.learner.weight_sync
+    if choice != "auto":
+        return choice
+    gpus = cfg.learner.num_gpus > 0 and cfg.sampler.num_gpus > 0
+    return "broadcast" if gpus and not colocated else "object_store"

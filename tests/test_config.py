@@ -172,7 +172,7 @@ def test_top_level_not_a_mapping_with_overrides(tmp_path, text, override):
 
 
 def test_unknown_job(tmp_path):
-    with pytest.raises(ConfigError, match=r"job: 'sft' is not one of \['dgm', 'srt', 'uigenie'\]"):
+    with pytest.raises(ConfigError, match=r"job: 'sft' is not one of \['dgm', 'mmupt', 'srt', 'uigenie'\]"):
         load_config(write(tmp_path, "job: sft\n"))
 
 

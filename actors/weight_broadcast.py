@@ -1,0 +1,108 @@
+"""Learner → sampler weights by broadcast, in buckets, over a process group of their own.
+
+The learner (rank 0) and every sampler (ranks 1…N) open a standalone group (a ``TCPStore`` and a
+``ProcessGroupNCCL`` between GPUs, ``ProcessGroupGloo`` between CPU processes), separate from any
+data-parallel group the learner is in. A sync walks the parameters in a fixed order, copies them
+(cast to the sync dtype) into a bucket of ``bucket_mb``, broadcasts the bucket, and each sampler
+copies the bucket's views into its own parameters; one bucket at a time, so the extra memory is
+one bucket, not one model. Both sides derive the same bucket plan from the same spec (names,
+dtypes, shapes), which the learner hands out once when the group opens.
+"""
+from __future__ import annotations
+
+import datetime
+from typing import Iterable, Iterator
+
+import torch
+
+ALIGN = 16
+Spec = list[tuple[str, str, tuple[int, ...]]]      # (name, torch dtype name, shape) per tensor
+
+
+def weight_spec(named_tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype | None = None) -> Spec:
+    return [(name, str(dtype or t.dtype).removeprefix("torch."), tuple(t.shape)) for name, t in named_tensors]
+
+
+def nbytes_of(entry) -> int:
+    _, dtype, shape = entry
+    n = 1
+    for d in shape:
+        n *= d
+    return n * torch.empty((), dtype=getattr(torch, dtype)).element_size()
+
+
+def plan_buckets(spec: Spec, bucket_bytes: int) -> list[list[tuple[int, int]]]:
+    """Buckets of (tensor index, byte offset), in spec order; a bucket closes when the next tensor
+    would overflow it; a tensor larger than a bucket is a bucket of its own."""
+    buckets, current, offset = [], [], 0
+    for i, entry in enumerate(spec):
+        size = nbytes_of(entry)
+        start = -(-offset // ALIGN) * ALIGN
+        if current and start + size > bucket_bytes:
+            buckets.append(current)
+            current, start = [], 0
+        current.append((i, start))
+        offset = start + size
+    return buckets + ([current] if current else [])
+
+
+def bucket_size(spec: Spec, bucket: list[tuple[int, int]]) -> int:
+    i, offset = bucket[-1]
+    return offset + nbytes_of(spec[i])
+
+
+def views(flat: torch.Tensor, spec: Spec, bucket: list[tuple[int, int]]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor view into the bucket's bytes) for each tensor of ``bucket``."""
+    for i, offset in bucket:
+        name, dtype, shape = spec[i]
+        yield name, flat[offset:offset + nbytes_of(spec[i])].view(getattr(torch, dtype)).view(shape)
+
+
+class BroadcastGroup:
+    """Rank 0 sends, the other ranks receive; NCCL when ``device`` is a GPU, else gloo."""
+
+    def __init__(self, host: str, port: int, rank: int, world_size: int, device: str = "cpu",
+                 timeout_s: float = 300):
+        import torch.distributed as dist
+        self.rank, self.device = rank, torch.device(device)
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store = dist.TCPStore(host, port, world_size, rank == 0, timeout=timeout)
+        if self.device.type == "cuda":
+            self.pg = dist.ProcessGroupNCCL(store, rank, world_size)
+        else:
+            self.pg = dist.ProcessGroupGloo(store, rank, world_size, timeout)
+        self.options = dist.BroadcastOptions()
+        self.options.rootRank = 0
+
+    def _broadcast(self, flat: torch.Tensor) -> None:
+        self.pg.broadcast([flat], self.options).wait()
+
+    def send(self, tensors: list[torch.Tensor], spec: Spec, bucket_bytes: int) -> int:
+        """Broadcast ``tensors`` (in spec order) bucket by bucket; returns the bytes sent."""
+        sent = 0
+        for bucket in plan_buckets(spec, bucket_bytes):
+            flat = torch.empty(bucket_size(spec, bucket), dtype=torch.uint8, device=self.device)
+            with torch.no_grad():
+                for (i, _), (_, view) in zip(bucket, views(flat, spec, bucket)):
+                    view.copy_(tensors[i].detach().reshape(view.shape))
+            self._broadcast(flat)
+            sent += flat.numel()
+        return sent
+
+    def receive(self, spec: Spec, bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        """Each received bucket as (name, view) pairs; the views are valid until the next bucket."""
+        for bucket in plan_buckets(spec, bucket_bytes):
+            flat = torch.empty(bucket_size(spec, bucket), dtype=torch.uint8, device=self.device)
+            self._broadcast(flat)
+            yield list(views(flat, spec, bucket))
+
+
+def copy_into(module: torch.nn.Module, pairs: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Copy received tensors into ``module``'s parameters/buffers of the same names, in place."""
+    params = dict(module.named_parameters())
+    params.update(dict(module.named_buffers()))
+    with torch.no_grad():
+        for name, view in pairs:
+            if name not in params:
+                raise KeyError(f"weights for unknown parameter {name!r}")
+            params[name].copy_(view)
