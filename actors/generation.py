@@ -41,6 +41,18 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
+def nucleus_logprobs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Log-probabilities of the sampling distribution over the last axis: logits / temperature,
+    renormalised to the smallest set of tokens whose probability reaches ``top_p``."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_logp, order = logp.sort(dim=-1, descending=True)
+        keep = sorted_logp.exp().cumsum(-1) - sorted_logp.exp() < top_p
+        sorted_logp = sorted_logp.masked_fill(~keep, float("-inf"))
+        logp = torch.log_softmax(torch.full_like(logp, float("-inf")).scatter(-1, order, sorted_logp), dim=-1)
+    return logp
+
+
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
                 generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row; return (tokens, log-prob of each under the sampling distribution)."""
@@ -48,13 +60,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
     if temperature <= 0:
         tokens = logits.argmax(-1)
         return tokens, torch.zeros_like(tokens, dtype=torch.float32)
-    logp = torch.log_softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_logp, order = logp.sort(dim=-1, descending=True)
-        keep = sorted_logp.exp().cumsum(-1) - sorted_logp.exp() < top_p
-        sorted_logp = sorted_logp.masked_fill(~keep, float("-inf"))
-        logp = torch.full_like(logp, float("-inf")).scatter(-1, order, sorted_logp)
-        logp = torch.log_softmax(logp, dim=-1)
+    logp = nucleus_logprobs(logits, temperature, top_p)
     tokens = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
@@ -109,4 +115,45 @@ def generate_groups(model, prompts: list[list[int]], n: int, max_new_tokens: int
         batch.token_ids.append(seq)
         batch.logprobs.append(lps)
         batch.finished.append(finished)
+    return batch
+
+
+def sampling_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """log-prob of ``tokens`` [R, T] under the distribution ``sample_next`` draws from, given the
+    model's ``logits`` [R, T, V] at each position: temperature-scaled, renormalised to the nucleus."""
+    if temperature <= 0:
+        return torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
+    return nucleus_logprobs(logits, temperature, top_p).gather(-1, tokens[..., None]).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate_static(model, prompts: list[list[int]], n: int, max_new_tokens: int, eos_ids: set[int],
+                    pad_id: int, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
+                    device="cpu", prefill_inputs: dict | None = None) -> SampledBatch:
+    """``generate_groups``'s result through Hugging Face ``generate`` with a static KV cache, which
+    transformers compiles on a GPU (CUDA graphs): decoding a small model is bound by the host
+    launching kernels one at a time, and a captured graph launches a whole step at once. Each
+    prompt is repeated n times (its prefill is cheap next to decoding); the sampling log-probs come
+    from one teacher-forced forward over the finished sequences."""
+    ids, mask = (t.to(device).repeat_interleave(n, dim=0) for t in left_pad(prompts, pad_id))
+    extra = {k: v.repeat_interleave(n, dim=0) for k, v in (prefill_inputs or {}).items()}
+    if seed is not None:
+        torch.manual_seed(seed)
+    eos = sorted(eos_ids)
+    out = model.generate(input_ids=ids, attention_mask=mask, do_sample=temperature > 0,
+                         temperature=temperature if temperature > 0 else None, top_p=top_p, top_k=None,
+                         max_new_tokens=max_new_tokens, eos_token_id=eos or None, pad_token_id=pad_id,
+                         cache_implementation="static", return_dict_in_generate=False, **extra)
+    completion = out[:, ids.shape[1]:]
+    full_mask = torch.cat([mask, torch.ones_like(completion)], dim=1)
+    positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=out, attention_mask=full_mask, position_ids=positions, **extra).logits
+    logp = sampling_logprobs(logits[:, ids.shape[1] - 1:-1], completion, temperature, top_p)
+    batch = SampledBatch([], [], [], [])
+    for row, (toks, lps) in enumerate(zip(completion.tolist(), logp.tolist())):
+        end = next((i + 1 for i, t in enumerate(toks) if t in eos_ids), len(toks))
+        batch.prompt_index.append(row // n)
+        batch.token_ids.append(toks[:end])
+        batch.logprobs.append(lps[:end])
+        batch.finished.append(bool(toks) and toks[end - 1] in eos_ids)
     return batch

@@ -44,6 +44,7 @@ class SamplerSettings:
     system_prompt: str | None = None
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.5
+    static_cache: bool = False        # transformers: HF generate with a static, compiled KV cache
     extra: dict = field(default_factory=dict)
 
 
@@ -174,17 +175,19 @@ class TransformersBackend:
     def __init__(self, s: SamplerSettings):
         from actors.model_loading import load_policy
         self.model, self.tokenizer, self.vision = load_policy(s.model, s.dtype, s.device)
+        self.static_cache = s.static_cache
         self.model.eval()
         self.eos_ids = {self.tokenizer.eos_token_id}
         gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
         self.eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
 
     def generate(self, prompt_ids, p: SamplingParams, images: list[bytes] | None = None):
-        from actors.generation import generate_groups
+        from actors.generation import generate_groups, generate_static
         prefill = self.vision.pixel_inputs([i for i in images if i], self.model.device) if images else None
-        b = generate_groups(self.model, prompt_ids, p.n, p.max_new_tokens, self.eos_ids,
-                            self.tokenizer.pad_token_id, p.temperature, p.top_p, p.seed,
-                            device=self.model.device, prefill_inputs=prefill)
+        generate = generate_static if self.static_cache else generate_groups
+        b = generate(self.model, prompt_ids, p.n, p.max_new_tokens, self.eos_ids,
+                     self.tokenizer.pad_token_id, p.temperature, p.top_p, p.seed,
+                     device=self.model.device, prefill_inputs=prefill)
         return list(zip(b.prompt_index, b.token_ids, b.logprobs, b.finished))
 
     def load_weights(self, packed: PackedWeights) -> None:

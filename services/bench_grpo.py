@@ -11,6 +11,7 @@ The ``qwen2-0.4b`` preset is the issue's shape (hidden 896, 24 layers, 14/2 head
 """
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from datetime import datetime, timezone
@@ -36,6 +37,9 @@ def add_args(p) -> None:
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
     p.add_argument("--device", default="auto", help="cuda, cpu, or auto")
+    p.add_argument("--static-cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="evoray's sampler: HF generate with a static, compiled KV cache (default), "
+                        "or its own prefill-sharing loop (--no-static-cache)")
     p.add_argument("--baseline", choices=["trl", "none"], default="trl",
                    help="trl: also time TRL's GRPOTrainer (skipped with a note when trl is missing)")
 
@@ -115,7 +119,8 @@ def evoray_steps(path: Path, args, device: str, prompts: list[list[int]]) -> lis
     from actors.sampler import Sampler, SamplerSettings, SamplingParams
     from jobs.rewards import majority_vote
     gpu = device.startswith("cuda")
-    sampler = Sampler(SamplerSettings(str(path), dtype="bfloat16" if gpu else "float32", device=device))
+    sampler = Sampler(SamplerSettings(str(path), dtype="bfloat16" if gpu else "float32", device=device,
+                                      static_cache=args.static_cache))
     sampler.backend.eos_ids = set()          # forced to full length
     learner = Learner(LearnerSettings(str(path), device=device, autocast="bf16" if gpu else "none",
                                       sync_dtype="bfloat16" if gpu else None, lr=1e-6,
@@ -235,7 +240,7 @@ def run(args) -> int:
               "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
               "preset": args.preset, "params": n_params(args.preset), "prompts": args.prompts,
               "samples": args.samples, "new_tokens": args.new_tokens, "prompt_tokens": args.prompt_tokens,
-              "steps": args.steps, "evoray_s": median, "evoray_step_s": total,
+              "steps": args.steps, "static_cache": args.static_cache, "evoray_s": median, "evoray_step_s": total,
               "evoray_tokens_per_s": tokens / median["generation"], "sync_bytes": ours[0]["sync_bytes"],
               "sync_bytes_per_s": ours[0]["sync_bytes"] / median["sync"],
               "memory_bytes_per_s": bandwidth, "roofline_tokens_per_s": roofline,

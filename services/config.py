@@ -36,6 +36,8 @@ class SamplerConfig(ActorResources):
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     system_prompt: Optional[str] = None
+    static_cache: bool = Field(False, description="transformers backend: Hugging Face generate with a "
+                               "static KV cache (compiled into CUDA graphs on a GPU)")
 
 
 class SamplingConfig(Strict):

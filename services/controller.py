@@ -243,7 +243,7 @@ def sampler_settings(s, model: str, colocated: bool = False) -> SamplerSettings:
         model=model, backend=s.backend, dtype=s.dtype, threads=s.threads,
         device="cuda" if s.num_gpus > 0 else "cpu", system_prompt=s.system_prompt,
         tensor_parallel_size=s.tensor_parallel_size, gpu_memory_utilization=s.gpu_memory_utilization,
-        extra=extra)
+        static_cache=s.static_cache, extra=extra)
 
 
 def start_roles(cfg, placement) -> Roles:

@@ -389,3 +389,35 @@ def test_trainable_layers_freezes_everything_below(tiny_lm, prompts):
     assert changed and all(k.startswith(("model.layers.1.", "model.norm.")) for k in changed), changed
     deep = Learner(replace(settings(tiny_lm), trainable_layers=5))    # more than its 2 layers: all
     assert all(p.requires_grad for p in deep.model.parameters())
+
+
+# --- the static-cache path (HF generate; compiled on a GPU) ---------------------------------------
+
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 0.9)])
+def test_generate_static_structure_and_logprobs(tiny_lm, lm, prompts, temperature, top_p):
+    """Same contract as generate_groups: n samples per prompt in order, cut after the first EOS,
+    and each token's log-prob under the sampling distribution (checked against a plain forward)."""
+    from actors.generation import generate_static, nucleus_logprobs
+    model, tok = lm
+    b = generate_static(model, prompts, 3, 8, MANY_EOS, tok.pad_token_id, temperature, top_p, seed=0)
+    assert b.prompt_index == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert any(b.finished) and not all(b.finished)
+    for ids, lps, fin in zip(b.token_ids, b.logprobs, b.finished):
+        assert len(ids) == len(lps) and 1 <= len(ids) <= 8
+        assert fin == (ids[-1] in MANY_EOS) and not any(t in MANY_EOS for t in ids[:-1])
+    again = generate_static(model, prompts, 3, 8, MANY_EOS, tok.pad_token_id, temperature, top_p, seed=0)
+    assert again.token_ids == b.token_ids
+    with torch.no_grad():
+        for row, (ids, lps) in enumerate(zip(b.token_ids, b.logprobs)):
+            seq = torch.tensor([prompts[b.prompt_index[row]] + ids])
+            logits = model(input_ids=seq).logits[0, len(prompts[b.prompt_index[row]]) - 1:-1]
+            want = nucleus_logprobs(logits, temperature, top_p).gather(-1, torch.tensor(ids)[:, None]).squeeze(-1)
+            torch.testing.assert_close(torch.tensor(lps), want, atol=1e-4, rtol=0)
+
+
+def test_sampler_static_cache_setting_feeds_the_learner(tiny_lm, prompts):
+    sampler = Sampler(SamplerSettings(model=tiny_lm, threads=1, static_cache=True))
+    out = sampler.generate(PROMPT_TEXTS, SamplingParams(n=2, max_new_tokens=6, seed=1))
+    learner = Learner(settings(tiny_lm, lr=0.0))
+    samples = [Sample(c.prompt_ids, c.token_ids, 0.0, c.logprobs) for c in out]
+    assert learner.train_step(samples)["sampler_logprob_gap"] < 1e-4

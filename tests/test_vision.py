@@ -94,3 +94,15 @@ def test_learner_refuses_image_samples_without_a_vision_model(tiny_lm):
     learner = Learner(LearnerSettings(model=tiny_lm, threads=1))
     with pytest.raises(ValueError, match="vision-language model"):
         completion_logprobs(learner.model, [Sample([3, 4], [5], 1.0, image=RED)], learner.pad_id)
+
+
+def test_static_cache_sampler_takes_image_prompts(learner):
+    static = Sampler(SamplerSettings(model="tiny-llava", threads=1, static_cache=True))
+    static.load_weights(learner.export_weights()[1])
+    out = static.generate([{"text": "what is it?", "image": im} for im in (RED, BLUE)],
+                          SamplingParams(n=2, temperature=1.0, max_new_tokens=5, seed=4))
+    with torch.no_grad():
+        logp, _ = completion_logprobs(learner.model, samples_of(out, [RED, BLUE]), learner.pad_id,
+                                      vision=learner.vision)
+    for i, c in enumerate(out):
+        assert torch.allclose(logp[i, :len(c.token_ids)], torch.tensor(c.logprobs), atol=1e-4)
