@@ -52,6 +52,7 @@ class LearnerSettings:
     trainable_layers: int | None = None   # train only the top N decoder layers (+ final norm)
     tis_cap: float | None = None      # truncated importance sampling against the sampler's policy
     gradient_checkpointing: bool = False  # recompute activations in backward: memory for time
+    shard_optimizer: bool = False     # data parallel: ZeRO-1, Adam state split across the ranks
 
 
 @dataclass
@@ -144,10 +145,12 @@ class Learner:
         if settings.kl_coef > 0:
             self.ref, _, _ = load_policy(settings.model, "float32", settings.device)
             self.ref.eval().requires_grad_(False)
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(trainable, lr=settings.lr, betas=settings.betas,
-                                     weight_decay=settings.weight_decay)
+        self.opt = self._optimizer(torch.optim.AdamW)
         self.version = 0
+
+    def _optimizer(self, cls, **extra):
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        return cls(trainable, lr=self.s.lr, betas=self.s.betas, weight_decay=self.s.weight_decay, **extra)
 
     def ready(self) -> bool:
         return True
@@ -174,7 +177,16 @@ class Learner:
         with torch.no_grad():
             for p in self.model.parameters():
                 dist.broadcast(p.data, src=0)
+        if self.s.shard_optimizer:      # ZeRO-1: each rank keeps the Adam state of its share only
+            from torch.distributed.optim import ZeroRedundancyOptimizer
+            self.opt = self._optimizer(ZeroRedundancyOptimizer, optimizer_class=torch.optim.AdamW)
         return rank
+
+    def consolidate_optimizer(self) -> bool:
+        """Gather a sharded optimizer's state on rank 0 (every rank takes part) for a checkpoint."""
+        if self.s.shard_optimizer and self.world_size > 1:
+            self.opt.consolidate_state_dict(to=0)
+        return True
 
     def shards(self, samples: list[Sample]) -> list[list[int]]:
         """Sample indices per rank: whole prompt groups, each to the rank with the fewest tokens."""
@@ -342,6 +354,11 @@ class Learner:
         """Write model, optimizer and RNG state into ``directory`` (the caller renames it into place;
         a URI is written locally and uploaded)."""
         from services.storage import write_dir
+        if self.s.shard_optimizer and self.peers:
+            import ray
+            calls = [peer.consolidate_optimizer.remote() for peer in self.peers]
+            self.consolidate_optimizer()
+            ray.get(calls)
         write_dir(directory, self._write_files)
 
     def _write_files(self, path: Path) -> None:

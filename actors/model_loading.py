@@ -68,14 +68,20 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantised.state_dict())
+    save_pretrained_atomically(target, plain, tokenizer)
+
+
+def save_pretrained_atomically(target: Path, *parts) -> None:
+    """``save_pretrained`` each part (model, tokenizer, processor) into a temporary directory beside
+    ``target`` and rename it into place; if another process got there first, keep theirs."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        for part in parts:
+            part.save_pretrained(tmp)
         try:
             tmp.rename(target)
-        except OSError:  # another process converted it first
+        except OSError:  # another process wrote it first
             if not (target / "config.json").is_file():
                 raise
     finally:

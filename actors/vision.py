@@ -17,8 +17,7 @@ and show the mechanics, not a model's ability to read images).
 from __future__ import annotations
 
 import io
-import shutil
-import tempfile
+import json
 from pathlib import Path
 
 IMAGE_TOKEN = "<image>"
@@ -29,6 +28,9 @@ EMBEDDED_VLMS = {"tiny-llava": "tiny", "smollm2-135m-llava": "smollm2-135m-instr
 
 def is_vision_checkpoint(path: str) -> bool:
     """A config with a ``vision_config`` (LLaVA, Qwen2-VL, Gemma 3, …)."""
+    config = Path(path) / "config.json"
+    if config.is_file():
+        return "vision_config" in json.loads(config.read_text())
     from transformers import AutoConfig
     return getattr(AutoConfig.from_pretrained(path), "vision_config", None) is not None
 
@@ -41,7 +43,7 @@ def build_llava(target: Path, text_model: str) -> None:
                               CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
                               LlavaProcessor)
 
-    from actors.model_loading import resolve_model
+    from actors.model_loading import resolve_model, save_pretrained_atomically
     torch.manual_seed(0)
     lm_path = resolve_model("smollm2-135m-instruct")
     tokenizer = AutoTokenizer.from_pretrained(lm_path)
@@ -69,18 +71,7 @@ def build_llava(target: Path, text_model: str) -> None:
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH,
                                vision_feature_select_strategy="default", image_token=IMAGE_TOKEN,
                                num_additional_image_tokens=1, chat_template=tokenizer.chat_template)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process built it first
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    save_pretrained_atomically(target, model, processor)
 
 
 def decode_image(data: bytes):

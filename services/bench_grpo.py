@@ -63,11 +63,11 @@ def build_checkpoint(preset: str, root: Path) -> Path:
     path = root / f"bench-{preset}"
     if (path / "config.json").is_file():
         return path
+    from actors.model_loading import save_pretrained_atomically
     torch.manual_seed(0)
     config = Qwen2Config(**PRESETS[preset], max_position_embeddings=4096, tie_word_embeddings=True,
                          bos_token_id=None, eos_token_id=EOS, pad_token_id=PAD)
-    Qwen2ForCausalLM(config).save_pretrained(path)
-    word_tokenizer(config.vocab_size).save_pretrained(path)
+    save_pretrained_atomically(path, Qwen2ForCausalLM(config), word_tokenizer(config.vocab_size))
     return path
 
 

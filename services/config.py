@@ -67,6 +67,8 @@ class LearnerConfig(ActorResources):
     workers: int = Field(1, ge=1, description="data-parallel learner actors (one GPU each): the "
                          "batch is split by prompt groups and the gradients summed")
     gradient_checkpointing: bool = False
+    shard_optimizer: bool = Field(False, description="learner.workers > 1: ZeRO-1, each rank keeps "
+                                  "the optimizer state of its share of the parameters")
     weight_sync: Literal["auto", "object_store", "broadcast"] = Field(
         "auto", description="learner → samplers: broadcast in buckets over NCCL/gloo, or the Ray object "
         "store; auto: broadcast between GPUs when not colocated")

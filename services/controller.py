@@ -262,7 +262,7 @@ def start_roles(cfg, placement) -> Roles:
         kl_estimator=lc.kl_estimator, micro_batch_tokens=lc.micro_batch_tokens, autocast=lc.autocast,
         threads=lc.threads, device="cuda" if lc.num_gpus > 0 else "cpu",
         sync_dtype=None if s.dtype == "float32" else s.dtype, seed=cfg.train.seed, tis_cap=lc.tis_cap,
-        gradient_checkpointing=lc.gradient_checkpointing)
+        gradient_checkpointing=lc.gradient_checkpointing, shard_optimizer=lc.shard_optimizer)
     learners = [ray.remote(Learner).options(**placement.options(
         "learner", i, name=placement.actor_name("learner", i if i else None))).remote(learner_settings)
         for i in range(lc.workers)]

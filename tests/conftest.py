@@ -64,6 +64,18 @@ def tiny_lm(tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray instance with 2 CPUs for a module's actors (joined if one is running)."""
+    import ray
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
 def require_docker() -> None:
     """Skip (with the reason) where no Docker engine answers — fail instead under
     EVORAY_REQUIRE_DOCKER=1, which CI sets so the docker tests can never silently vanish there."""

@@ -29,16 +29,6 @@ def prompts(tiny_lm):
                                     tokenize=True, return_dict=False) for t in texts]
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
 def settings(tiny_lm, **kw) -> LearnerSettings:
     return LearnerSettings(**{"model": tiny_lm, "lr": 1e-2, "threads": 1, "tis_cap": 2.0, **kw})
 
@@ -50,15 +40,21 @@ def weights(exported) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in unpack_views(packed)}
 
 
-@pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean"])
-def test_two_ranks_take_the_single_process_step(tiny_lm, prompts, ray_local, aggregation):
+def start_ranks(tiny_lm, n=2, **kw) -> list:
+    ranks = [ray.remote(Learner).options(num_cpus=0.5).remote(settings(tiny_lm, **kw)) for _ in range(n)]
+    address = ray.get(ranks[0].rendezvous.remote())
+    assert ray.get([r.join.remote(i, n, address, ranks[1:] if i == 0 else [])
+                    for i, r in enumerate(ranks)]) == list(range(n))
+    return ranks
+
+
+@pytest.mark.parametrize("aggregation, shard_optimizer", [("token-mean", False), ("seq-mean-token-mean", False),
+                                                          ("token-mean", True)])
+def test_two_ranks_take_the_single_process_step(tiny_lm, prompts, ray_local, aggregation, shard_optimizer):
     samples = batch(prompts)
     single = Learner(settings(tiny_lm, aggregation=aggregation))
     expected = single.train_step(samples)
-    ranks = [ray.remote(Learner).options(num_cpus=0.5).remote(settings(tiny_lm, aggregation=aggregation))
-             for _ in range(2)]
-    address = ray.get(ranks[0].rendezvous.remote())
-    assert ray.get([r.join.remote(i, 2, address, ranks[1:] if i == 0 else []) for i, r in enumerate(ranks)]) == [0, 1]
+    ranks = start_ranks(tiny_lm, aggregation=aggregation, shard_optimizer=shard_optimizer)
     got = ray.get(ranks[0].train_step.remote(samples))
     assert got["loss"] == pytest.approx(expected["loss"], abs=1e-6)
     assert got["grad_norm"] == pytest.approx(expected["grad_norm"], rel=1e-5)
@@ -77,6 +73,30 @@ def test_two_ranks_take_the_single_process_step(tiny_lm, prompts, ray_local, agg
         for name, value in want.items():
             torch.testing.assert_close(mine[name], value, atol=2e-4, rtol=0, msg=lambda m: f"{name}: {m}")
     for r in ranks:
+        ray.kill(r)
+
+
+def test_sharded_optimizer_checkpoint_resumes_the_same_run(tiny_lm, prompts, ray_local, tmp_path):
+    """ZeRO-1: rank 0 gathers the Adam state for the checkpoint, every rank of a new group takes its
+    share back, and the next step equals the single process's second step."""
+    samples = batch(prompts)
+    single = Learner(settings(tiny_lm))
+    single.train_step(samples)
+    single.train_step(samples)
+    ranks = start_ranks(tiny_lm, shard_optimizer=True)
+    ray.get(ranks[0].train_step.remote(samples))
+    ray.get(ranks[0].save.remote(str(tmp_path / "ckpt")))
+    for r in ranks:
+        ray.kill(r)
+    fresh = start_ranks(tiny_lm, shard_optimizer=True)
+    assert ray.get(fresh[0].load.remote(str(tmp_path / "ckpt"))) == 1
+    ray.get(fresh[0].train_step.remote(samples))
+    want = weights(single.export_weights())
+    for rank in fresh:
+        mine = weights(ray.get(rank.export_weights.remote()))
+        for name, value in want.items():
+            torch.testing.assert_close(mine[name], value, atol=4e-4, rtol=0, msg=lambda m: f"{name}: {m}")
+    for r in fresh:
         ray.kill(r)
 
 

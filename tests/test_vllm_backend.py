@@ -106,6 +106,59 @@ def test_worker_extension_loads_views_on_its_device():
     assert torch.equal(received["a"], torch.arange(3.0)) and received["b"].dtype == torch.bfloat16
 
 
+def test_image_prompts_go_as_multi_modal_data(fake_vllm):
+    import io
+
+    from PIL import Image
+    backend = VLLMBackend(SamplerSettings(model=str(fake_vllm), backend="vllm"))
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), "red").save(buf, "PNG")
+    backend.generate([[1, 9, 9, 2], [3]], SamplingParams(n=1, max_new_tokens=2), images=[buf.getvalue(), None])
+    _, prompts, _ = backend.llm.calls[0]
+    assert prompts[0]["prompt_token_ids"] == [1, 9, 9, 2] and prompts[0]["multi_modal_data"]["image"].size == (4, 4)
+    assert "multi_modal_data" not in prompts[1]
+
+
+def test_broadcast_group_goes_to_every_worker(fake_vllm):
+    backend = VLLMBackend(SamplerSettings(model=str(fake_vllm), backend="vllm", tensor_parallel_size=2))
+    assert backend.weight_ranks == 2
+    spec = [("w", "float32", (2, 2))]
+    backend.open_weight_group(("10.0.0.1", 1234), 3, 5, spec, 1024)
+    backend.receive_weights()
+    assert backend.llm.calls == [("rpc", "open_weight_group", (("10.0.0.1", 1234), 3, 5, spec, 1024)),
+                                 ("rpc", "receive_weights", ()), ("reset",)]
+
+
+def test_worker_extension_receives_a_broadcast_into_load_weights():
+    """The worker side for real, over gloo: rank 0 (the learner) in a thread, this worker as rank 1."""
+    import socket
+    import threading
+
+    from actors.vllm_worker import WeightUpdateExtension
+    from actors.weight_broadcast import BroadcastGroup, weight_spec
+    tensors = [("a", torch.arange(6.0).reshape(2, 3)), ("b", torch.ones(4, dtype=torch.bfloat16))]
+    spec = weight_spec(tensors)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    sender = threading.Thread(target=lambda: BroadcastGroup("127.0.0.1", port, 0, 2).send(
+        [t for _, t in tensors], spec, bucket_bytes=16))
+    sender.start()
+    received = {}
+
+    class Model:
+        def load_weights(self, weights):
+            received.update({name: t.clone() for name, t in weights})
+
+    worker = WeightUpdateExtension()
+    worker.rank, worker.device = 0, torch.device("cpu")
+    worker.model_runner = types.SimpleNamespace(model=Model())
+    worker.open_weight_group(("127.0.0.1", port), 1, 2, spec, 16)
+    worker.receive_weights()
+    sender.join(timeout=30)
+    assert torch.equal(received["a"], tensors[0][1]) and torch.equal(received["b"], tensors[1][1])
+
+
 def test_vllm_not_installed_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)     # import vllm → ImportError
     with pytest.raises(ImportError, match=r"sampler.backend 'vllm' needs the vllm package"):

@@ -24,16 +24,6 @@ def test_bucket_plan_by_hand():
     assert weight_spec([("w", torch.zeros(2, 3))], torch.bfloat16) == [("w", "bfloat16", (2, 3))]
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
 def sampler_state(sampler) -> dict[str, torch.Tensor]:
     return ray.get(sampler.__ray_call__.remote(
         lambda self: {k: v.clone() for k, v in self.backend.model.named_parameters()}))
