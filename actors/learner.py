@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -343,10 +344,10 @@ class Learner:
     def export_weights(self):
         """Pack the current policy; return (bytes, weights). Inside Ray the weights are put in the
         object store once and returned as ``[ref]`` (a list, so Ray hands the reference on to the
-        samplers instead of resolving it here)."""
-        import ray
+        samplers instead of resolving it here). Outside Ray (a benchmark) the weights themselves."""
         packed = pack_state(self.model.named_parameters(), self.version, self._sync_dtype())
-        return packed.nbytes, ([ray.put(packed)] if ray.is_initialized() else packed)
+        ray = sys.modules.get("ray")      # imported by whoever started Ray; no Ray, no import
+        return packed.nbytes, ([ray.put(packed)] if ray and ray.is_initialized() else packed)
 
     # --- checkpoints ------------------------------------------------------------------------------
 
