@@ -85,6 +85,18 @@ class LearnerConfig(ActorResources):
         return value
 
 
+def _question_template(value: str) -> str:
+    """A prompt template: ``{question}`` is the only field; other braces are doubled (``{{}}``)."""
+    try:
+        value.format(question="")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"{value!r} is not a template with one field {{question}} "
+                         f"(write a literal brace as {{{{ or }}}}): {e!r}") from None
+    if "{question}" not in value.replace("{{", "").replace("}}", ""):
+        raise ValueError(f"{value!r} has no {{question}} field")
+    return value
+
+
 class DataConfig(Strict):
     source: str = "arithmetic"            # "arithmetic" or a .parquet/.jsonl file
     heldout_source: Optional[str] = None  # for file datasets: a labelled held-out file
@@ -95,6 +107,7 @@ class DataConfig(Strict):
     n_val: int = Field(16, ge=0)
     n_heldout: int = Field(32, ge=1)
     split_fractions: dict[str, float] = {"train": 0.6, "val": 0.1, "heldout": 0.3}
+    _template = field_validator("template")(_question_template)
 
 
 class RewardConfig(Strict):
@@ -216,6 +229,7 @@ class MMUPTDataConfig(Strict):
     n_val: int = Field(16, ge=0)
     n_heldout: int = Field(32, ge=1)
     split_fractions: dict[str, float] = {"train": 0.6, "val": 0.1, "heldout": 0.3}
+    _template = field_validator("template")(_question_template)
 
 
 class SynthesisConfig(Strict):

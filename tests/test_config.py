@@ -223,3 +223,15 @@ def test_uigenie_unknown_device_backend_fails_before_ray(tmp_path, capsys):
     assert main(["run", str(path), "--run-dir", str(tmp_path / "run")]) == 2
     assert "unknown device backend 'emulatr'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("template, message", [
+    ("{question} in \\boxed{}.", r"not a template with one field \{question\}"),
+    ("{q}", r"not a template with one field \{question\}.*KeyError"),
+    ("What is it?", r"has no \{question\} field"),
+])
+def test_prompt_template_is_checked_at_start(template, message):
+    for job in ("srt", "mmupt"):
+        with pytest.raises(ConfigError, match=r"data.template: .*" + message):
+            parse_config({"job": job, "data": {"template": template}})
+    assert parse_config({"job": "mmupt", "data": {"template": "{question} in \\boxed{{}}."}})
