@@ -99,22 +99,20 @@ def generate_groups(model, prompts: list[list[int]], n: int, max_new_tokens: int
         out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos,
                     use_cache=True, **{cache_kwarg(model): cache})
         cache, logits, next_pos = output_cache(out), out.logits[:, -1], next_pos + 1
-    token_mat = torch.stack(tokens_out, 1).tolist()
-    logp_mat = torch.stack(logps_out, 1).tolist()
+    return cut_at_eos(torch.stack(tokens_out, 1).tolist(), torch.stack(logps_out, 1).tolist(), n, eos_ids)
+
+
+def cut_at_eos(token_rows: list[list[int]], logp_rows: list[list[float]], n: int,
+               eos_ids: set[int]) -> SampledBatch:
+    """Rows of n samples per prompt → completions ending at their first EOS (kept), finished
+    when there is one; what follows it is padding."""
     batch = SampledBatch([], [], [], [])
-    for row in range(rows):
-        seq, lps = [], []
-        finished = False
-        for tok, lp in zip(token_mat[row], logp_mat[row]):
-            seq.append(tok)
-            lps.append(lp)
-            if tok in eos_ids:
-                finished = True
-                break
+    for row, (toks, lps) in enumerate(zip(token_rows, logp_rows)):
+        end = next((i + 1 for i, t in enumerate(toks) if t in eos_ids), len(toks))
         batch.prompt_index.append(row // n)
-        batch.token_ids.append(seq)
-        batch.logprobs.append(lps)
-        batch.finished.append(finished)
+        batch.token_ids.append(toks[:end])
+        batch.logprobs.append(lps[:end])
+        batch.finished.append(end > 0 and toks[end - 1] in eos_ids)
     return batch
 
 
@@ -149,11 +147,4 @@ def generate_static(model, prompts: list[list[int]], n: int, max_new_tokens: int
     positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=out, attention_mask=full_mask, position_ids=positions, **extra).logits
     logp = sampling_logprobs(logits[:, ids.shape[1] - 1:-1], completion, temperature, top_p)
-    batch = SampledBatch([], [], [], [])
-    for row, (toks, lps) in enumerate(zip(completion.tolist(), logp.tolist())):
-        end = next((i + 1 for i, t in enumerate(toks) if t in eos_ids), len(toks))
-        batch.prompt_index.append(row // n)
-        batch.token_ids.append(toks[:end])
-        batch.logprobs.append(lps[:end])
-        batch.finished.append(bool(toks) and toks[end - 1] in eos_ids)
-    return batch
+    return cut_at_eos(completion.tolist(), logp.tolist(), n, eos_ids)

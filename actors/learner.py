@@ -70,6 +70,18 @@ class Sample:
         return (tuple(self.prompt_ids), self.image)
 
 
+def prompt_groups(samples: list[Sample]) -> list[list[int]]:
+    """Indices of each run of consecutive samples of one prompt (a batch keeps a prompt's samples
+    together)."""
+    groups: list[list[int]] = []
+    for i, smp in enumerate(samples):
+        if groups and samples[groups[-1][0]].prompt_key == smp.prompt_key:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 def completion_logprobs(model, samples: list[Sample], pad_id: int, device: str = "cpu", vision=None):
     """Log-probs of each completion token [S, T] and the completion mask [S, T].
 
@@ -78,11 +90,9 @@ def completion_logprobs(model, samples: list[Sample], pad_id: int, device: str =
     sum over its samples, exactly as if each sample had been run in full. Image prompts get
     their pixel inputs from ``vision`` (``actors.vision.VisionInputs``) in the prompt forward.
     """
-    prompts, row_of = [], []
-    for smp in samples:
-        if not prompts or prompts[-1].prompt_key != smp.prompt_key:
-            prompts.append(smp)
-        row_of.append(len(prompts) - 1)
+    groups = prompt_groups(samples)
+    prompts = [samples[g[0]] for g in groups]
+    row_of = [row for row, g in enumerate(groups) for _ in g]
     prompt, prompt_mask = (t.to(device) for t in left_pad([p.prompt_ids for p in prompts], pad_id))
     positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     images = [p.image for p in prompts if p.image is not None]
@@ -191,15 +201,9 @@ class Learner:
 
     def shards(self, samples: list[Sample]) -> list[list[int]]:
         """Sample indices per rank: whole prompt groups, each to the rank with the fewest tokens."""
-        groups: list[list[int]] = []
-        for i, smp in enumerate(samples):
-            if groups and samples[groups[-1][0]].prompt_key == smp.prompt_key:
-                groups[-1].append(i)
-            else:
-                groups.append([i])
         load, out = [0] * self.world_size, [[] for _ in range(self.world_size)]
         size = lambda g: sum(len(samples[i].prompt_ids) + len(samples[i].token_ids) for i in g)
-        for g in sorted(groups, key=size, reverse=True):
+        for g in sorted(prompt_groups(samples), key=size, reverse=True):
             r = load.index(min(load))
             out[r] += g
             load[r] += size(g)
@@ -223,14 +227,8 @@ class Learner:
     def micro_batches(self, samples: list[Sample]) -> list[list[Sample]]:
         """Chunks of whole prompt groups (consecutive samples with the same prompt) whose padded
         size stays within the token budget; a group larger than the budget is a chunk of its own."""
-        groups: list[list[Sample]] = []
-        for smp in samples:
-            if groups and groups[-1][0].prompt_key == smp.prompt_key:
-                groups[-1].append(smp)
-            else:
-                groups.append([smp])
         batches, current = [], []
-        for group in groups:
+        for group in ([samples[i] for i in g] for g in prompt_groups(samples)):
             trial = current + group
             width = max(len(s.prompt_ids) + len(s.token_ids) for s in trial)
             if current and width * len(trial) > self.s.micro_batch_tokens:

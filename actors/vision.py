@@ -104,19 +104,14 @@ class VisionInputs:
 def load_vision_lm(path: str, dtype: str, device: str):
     """(model, tokenizer, VisionInputs) for a VLM checkpoint directory or hub id."""
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type in MROPE_MODELS:
+        raise ValueError(f"{path}: {config.model_type} uses multimodal rotary positions, which the "
+                         f"transformers path does not drive; use sampler.backend: vllm for it")
     processor = AutoProcessor.from_pretrained(path)
-    model_type = getattr(processor, "model_type", None) or _model_type(path)
-    if model_type in MROPE_MODELS:
-        raise ValueError(f"{path}: {model_type} uses multimodal rotary positions, which the transformers "
-                         f"path does not drive; use sampler.backend: vllm for it")
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
+    model = AutoModelForImageTextToText.from_pretrained(path, config=config, dtype=getattr(torch, dtype)).to(device)
     tokenizer = processor.tokenizer
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, VisionInputs(processor)
-
-
-def _model_type(path: str) -> str:
-    from transformers import AutoConfig
-    return AutoConfig.from_pretrained(path).model_type

@@ -97,17 +97,21 @@ def _question_template(value: str) -> str:
     return value
 
 
-class DataConfig(Strict):
-    source: str = "arithmetic"            # "arithmetic" or a .parquet/.jsonl file
+class SplitsConfig(Strict):
+    """What every prompt dataset has: its splits (generated, or files) and the prompt template."""
     heldout_source: Optional[str] = None  # for file datasets: a labelled held-out file
     val_source: Optional[str] = None
-    level: int = 1
-    template: str = "What is {question}? Answer with just the number."
     n_train: int = Field(64, ge=1)
     n_val: int = Field(16, ge=0)
     n_heldout: int = Field(32, ge=1)
     split_fractions: dict[str, float] = {"train": 0.6, "val": 0.1, "heldout": 0.3}
-    _template = field_validator("template")(_question_template)
+    _template = field_validator("template", check_fields=False)(_question_template)
+
+
+class DataConfig(SplitsConfig):
+    source: str = "arithmetic"            # "arithmetic" or a .parquet/.jsonl file
+    level: int = 1
+    template: str = "What is {question}? Answer with just the number."
 
 
 class RewardConfig(Strict):
@@ -219,17 +223,10 @@ class SRTConfig(Strict):
 # MM-UPT: SRT's loop on image questions, plus questions the model writes itself
 # --------------------------------------------------------------------------------------------
 
-class MMUPTDataConfig(Strict):
+class MMUPTDataConfig(SplitsConfig):
     source: str = "shapes"                # "shapes" (generated counting questions) or a .parquet file
-    heldout_source: Optional[str] = None  # for file datasets: a labelled held-out .parquet file
-    val_source: Optional[str] = None
     template: str = "{question} Answer with just the number."
     image_size: int = Field(96, ge=16, description="shapes: image side in pixels")
-    n_train: int = Field(64, ge=1)
-    n_val: int = Field(16, ge=0)
-    n_heldout: int = Field(32, ge=1)
-    split_fractions: dict[str, float] = {"train": 0.6, "val": 0.1, "heldout": 0.3}
-    _template = field_validator("template")(_question_template)
 
 
 class SynthesisConfig(Strict):

@@ -17,7 +17,7 @@ from actors.sampler import SamplingParams
 from jobs.mmupt.data import load_image_tasks, shape_tasks
 from jobs.mmupt.synthesis import Candidate, judge_answerable, screen, synthesis_prompt
 from jobs.rewards import majority_vote
-from jobs.srt.loop import Splits, SRTLoop, groups_of
+from jobs.srt.loop import Splits, SRTLoop, file_splits, generated_splits, groups_of
 from services.run_store import atomic_write
 
 SYNTHETIC = "synthetic/questions.parquet"
@@ -30,16 +30,9 @@ CANDIDATE_SCHEMA = pa.schema([(name, pa.float64() if name == "share" else pa.str
 def build_image_splits(cfg) -> Splits:
     d = cfg.data
     if d.source == "shapes":
-        make = lambda split, n: shape_tasks(split, n, cfg.train.seed, d.split_fractions, d.template,
-                                            d.image_size)
-        return Splits(make("train", d.n_train), make("val", d.n_val), make("heldout", d.n_heldout))
-    if not d.heldout_source:
-        raise ValueError("data.heldout_source: a file dataset needs a labelled held-out .parquet file")
-    heldout = load_image_tasks(d.heldout_source, d.template)[:d.n_heldout]
-    if any(t["answer"] is None for t in heldout):
-        raise ValueError(f"data.heldout_source: {d.heldout_source} has rows without an 'answer'")
-    val = load_image_tasks(d.val_source, d.template)[:d.n_val] if d.val_source else []
-    return Splits(load_image_tasks(d.source, d.template)[:d.n_train], val, heldout)
+        return generated_splits(d, lambda split, n: shape_tasks(
+            split, n, cfg.train.seed, d.split_fractions, d.template, d.image_size))
+    return file_splits(d, lambda path: load_image_tasks(path, d.template))
 
 
 class MMUPTLoop(SRTLoop):

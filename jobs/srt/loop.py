@@ -10,7 +10,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -35,19 +35,29 @@ class Splits:
     heldout: list[dict]
 
 
+def generated_splits(d, make: Callable[[str, int], list[dict]]) -> Splits:
+    """``make(split, limit)`` for each split of a generated dataset, ``data.n_*`` tasks each."""
+    return Splits(make("train", d.n_train), make("val", d.n_val), make("heldout", d.n_heldout))
+
+
+def file_splits(d, load: Callable[[str], list[dict]]) -> Splits:
+    """The splits of a user's dataset: ``data.source``, ``val_source`` and the labelled
+    ``heldout_source``, each read by ``load(path)``."""
+    if not d.heldout_source:
+        raise ValueError("data.heldout_source: a file dataset needs a labelled held-out file")
+    heldout = load(d.heldout_source)[:d.n_heldout]
+    if any(t["answer"] is None for t in heldout):
+        raise ValueError(f"data.heldout_source: {d.heldout_source} has rows without an 'answer'")
+    val = load(d.val_source)[:d.n_val] if d.val_source else []
+    return Splits(load(d.source)[:d.n_train], val, heldout)
+
+
 def build_splits(cfg) -> Splits:
     d = cfg.data
     if d.source == "arithmetic":
-        make = lambda split, n: arithmetic_tasks(d.level, split, n, cfg.train.seed, d.split_fractions,
-                                                 d.template)
-        return Splits(make("train", d.n_train), make("val", d.n_val), make("heldout", d.n_heldout))
-    if not d.heldout_source:
-        raise ValueError("data.heldout_source: a file dataset needs a labelled held-out file")
-    heldout = load_tasks(d.heldout_source)[:d.n_heldout]
-    if any(t["answer"] is None for t in heldout):
-        raise ValueError(f"data.heldout_source: {d.heldout_source} has rows without an 'answer'")
-    val = load_tasks(d.val_source)[:d.n_val] if d.val_source else []
-    return Splits(load_tasks(d.source)[:d.n_train], val, heldout)
+        return generated_splits(d, lambda split, n: arithmetic_tasks(
+            d.level, split, n, cfg.train.seed, d.split_fractions, d.template))
+    return file_splits(d, load_tasks)
 
 
 @dataclass
