@@ -12,7 +12,8 @@ Data parallel (``world_size`` > 1): one Learner actor per GPU (or CPU process), 
 torch.distributed group (NCCL on GPUs, gloo on CPUs). Rank 0 is the role's face: it splits the
 batch's prompt groups over the ranks by tokens, every rank runs its share with the *global* token
 and sequence counts in the aggregation, the gradients are summed across ranks, and every rank
-takes the same optimizer step — so the update equals the single-process one (tested).
+takes the same optimizer step — so the update equals the single-process one (tested). How the
+ranks hold the model (replicated, ZeRO-1, fully sharded) is in ``actors/data_parallel.py``.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from actors import grpo
+from actors import data_parallel, grpo
 from actors.generation import cache_kwarg, left_pad, output_cache
 from actors.weight_sync import pack_state
 
@@ -54,6 +55,7 @@ class LearnerSettings:
     tis_cap: float | None = None      # truncated importance sampling against the sampler's policy
     gradient_checkpointing: bool = False  # recompute activations in backward: memory for time
     shard_optimizer: bool = False     # data parallel: ZeRO-1, Adam state split across the ranks
+    shard_weights: bool = False       # data parallel: FSDP2, parameters, gradients and Adam state split
 
 
 @dataclass
@@ -109,15 +111,15 @@ def completion_logprobs(model, samples: list[Sample], pad_id: int, device: str =
         comp[i, :len(s.token_ids)] = torch.tensor(s.token_ids)
         comp_mask[i, :len(s.token_ids)] = 1
     comp, comp_mask = comp.to(device), comp_mask.to(device)
-    logits = [first_logits[:, None]]
-    if t > 1:
-        cache = output_cache(out)
-        cache.batch_select_indices(rows)
-        mask = torch.cat([prompt_mask[rows], comp_mask[:, :-1]], 1)
-        pos = positions[rows, -1:] + 1 + torch.arange(t - 1, device=device)
-        logits.append(model(input_ids=comp[:, :-1], attention_mask=mask, position_ids=pos,
-                            use_cache=True, **{cache_kwarg(model): cache}).logits)
-    logits = torch.cat(logits, 1).float()
+    cache = output_cache(out)
+    cache.batch_select_indices(rows)
+    # the last token's logits are not needed, but feeding it keeps two forwards per call even for
+    # one-token completions: sharded ranks (FSDP) must run the same number of forwards
+    mask = torch.cat([prompt_mask[rows], comp_mask], 1)
+    pos = positions[rows, -1:] + 1 + torch.arange(t, device=device)
+    rest = model(input_ids=comp, attention_mask=mask, position_ids=pos, use_cache=True,
+                 **{cache_kwarg(model): cache}).logits[:, :-1]
+    logits = torch.cat([first_logits[:, None], rest], 1).float()
     logp = torch.log_softmax(logits, -1).gather(-1, comp[..., None]).squeeze(-1)
     return logp, comp_mask.float()
 
@@ -188,16 +190,41 @@ class Learner:
         with torch.no_grad():
             for p in self.model.parameters():
                 dist.broadcast(p.data, src=0)
-        if self.s.shard_optimizer:      # ZeRO-1: each rank keeps the Adam state of its share only
+        if self.s.shard_weights:
+            data_parallel.shard_model(self.model)
+            self.opt = self._optimizer(torch.optim.AdamW)
+        elif self.s.shard_optimizer:
             from torch.distributed.optim import ZeroRedundancyOptimizer
             self.opt = self._optimizer(ZeroRedundancyOptimizer, optimizer_class=torch.optim.AdamW)
         return rank
 
-    def consolidate_optimizer(self) -> bool:
-        """Gather a sharded optimizer's state on rank 0 (every rank takes part) for a checkpoint."""
+    def _with_peers(self, method: str):
+        """Run ``method`` here and on every peer at once (a collective over sharded state); this
+        rank's result."""
+        calls = [peer.take_part.remote(method) for peer in self.peers]
+        result = getattr(self, method)()
+        if calls:
+            import ray
+            ray.get(calls)
+        return result
+
+    def take_part(self, method: str) -> bool:
+        """A peer's side of rank 0's ``_with_peers(method)``; its result stays here."""
+        getattr(self, method)()
+        return True
+
+    def whole_parameters(self) -> list[tuple[str, torch.Tensor]]:
+        """(name, whole tensor) per parameter; sharded ones are all-gathered (a collective)."""
+        return [(name, data_parallel.gathered(p)) for name, p in self.model.named_parameters()]
+
+    def checkpoint_state(self) -> tuple[dict, dict | None]:
+        """(model state, optimizer state) whole, laid out as one process has them (a collective
+        when sharded; the optimizer state is rank 0's only under ZeRO-1)."""
+        model = {k: data_parallel.gathered(v) for k, v in self.model.state_dict().items()}
         if self.s.shard_optimizer and self.world_size > 1:
             self.opt.consolidate_state_dict(to=0)
-        return True
+            return model, self.opt.state_dict() if self.rank == 0 else None
+        return model, data_parallel.gathered_state(self.opt.state_dict())
 
     def shards(self, samples: list[Sample]) -> list[list[int]]:
         """Sample indices per rank: whole prompt groups, each to the rank with the fewest tokens."""
@@ -208,19 +235,6 @@ class Learner:
             out[r] += g
             load[r] += size(g)
         return [sorted(x) for x in out]
-
-    def _sum_gradients(self) -> None:
-        """All-reduce (sum) the gradients in one flat buffer; a rank without samples adds zeros."""
-        import torch.distributed as dist
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
-            offset += n
 
     # --- the update -------------------------------------------------------------------------------
 
@@ -251,9 +265,11 @@ class Learner:
             return self.train_shard(samples, totals)
         import ray
         shards = self.shards(samples)
-        calls = [peer.train_shard.remote([samples[i] for i in shard], totals)
-                 for peer, shard in zip(self.peers, shards[1:])]
-        parts = [self.train_shard([samples[i] for i in shards[0]], totals)] + ray.get(calls)
+        work = [[samples[i] for i in shard] for shard in shards]
+        # sharded weights: every rank runs as many micro-batches as the busiest one (see data_parallel)
+        steps = max(len(self.micro_batches(w)) for w in work) if self.s.shard_weights else 0
+        calls = [peer.train_shard.remote(w, totals, steps) for peer, w in zip(self.peers, work[1:])]
+        parts = [self.train_shard(work[0], totals, steps)] + ray.get(calls)
         stats = {k: sum(p.get(k, 0.0) for p in parts) for k in ("loss", "kl", "sampler_logprob_gap")}
         stats.update(grad_norm=parts[0]["grad_norm"], tokens=totals[0], sequences=totals[1])
         if any("is_weights" in p for p in parts):
@@ -264,9 +280,10 @@ class Learner:
             stats["is_weights"] = weights
         return stats
 
-    def train_shard(self, samples: list[Sample], totals: tuple[float, float]) -> dict:
+    def train_shard(self, samples: list[Sample], totals: tuple[float, float], micro_steps: int = 0) -> dict:
         """This rank's share of a step: losses over ``samples`` aggregated with the whole batch's
-        (tokens, sequences), gradients summed across ranks, one optimizer step."""
+        (tokens, sequences), gradients summed across ranks, one optimizer step. Fewer than
+        ``micro_steps`` micro-batches are topped up with placeholders whose loss is zero."""
         total_tokens, total_seqs = totals
         aggregate = grpo.AGGREGATIONS[self.s.aggregation]
         policy_loss = grpo.POLICY_LOSSES[self.s.policy_loss]
@@ -275,9 +292,14 @@ class Learner:
         self.opt.zero_grad(set_to_none=True)
         autocast = torch.autocast("cpu" if self.s.device == "cpu" else "cuda", dtype=torch.bfloat16) \
             if self.s.autocast == "bf16" else nullcontext()
-        for mb in self.micro_batches(samples):
+        batches = self.micro_batches(samples)
+        placeholder = [Sample([self.pad_id], [self.pad_id], 0.0)]
+        batches += [placeholder] * (micro_steps - len(batches))
+        for mb in batches:
             with autocast:
                 logp, mask = completion_logprobs(self.model, mb, self.pad_id, self.s.device, self.vision)
+            if mb is placeholder:
+                mask = torch.zeros_like(mask)
             adv = torch.tensor([s.advantage for s in mb], dtype=torch.float32, device=logp.device)
             per_token = policy_loss(logp, logp.detach(), adv, clip_low=self.s.clip_low,
                                     clip_high=self.s.clip_high)
@@ -303,8 +325,8 @@ class Learner:
             if behaviour is not None:
                 stats["sampler_logprob_gap"] += float(aggregate((behaviour - logp.detach()).abs(), mask,
                                                                 total_tokens, total_seqs))
-        if self.world_size > 1:
-            self._sum_gradients()
+        if self.world_size > 1 and not self.s.shard_weights:    # FSDP reduce-scatters in backward
+            data_parallel.sum_gradients(self.model)
         stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip))
         self.opt.step()
         self.version += 1
@@ -320,7 +342,8 @@ class Learner:
         return self.version
 
     def sync_spec(self):
-        """What a broadcast sync sends, in order: (name, dtype, shape) per parameter."""
+        """What a broadcast sync sends, in order: (name, dtype, shape) per parameter (a sharded
+        parameter's shape is the whole one)."""
         from actors.weight_broadcast import weight_spec
         return weight_spec(self.model.named_parameters(), self._sync_dtype())
 
@@ -334,7 +357,18 @@ class Learner:
     def broadcast_weights(self) -> int:
         """Send the current policy to every sampler in the group; returns the bytes sent."""
         group, spec, bucket = self.weight_group
-        return group.send([p for _, p in self.model.named_parameters()], spec, bucket)
+        return group.send([p for _, p in self._with_peers("whole_parameters")], spec, bucket)
+
+    def share_weights(self):
+        """The current policy in one buffer on this GPU behind a CUDA IPC handle, for samplers on
+        the same GPU (``actors/weight_ipc.py``); the buffer lives until the next share."""
+        from actors.weight_ipc import share
+        if not self.s.device.startswith("cuda"):
+            raise ValueError("CUDA IPC needs the learner on a GPU (learner.num_gpus > 0)")
+        tensors = [p for _, p in self._with_peers("whole_parameters")]
+        self.shared_buffer = None                      # the previous version's, read by now
+        self.shared_buffer, shared = share(tensors, self.sync_spec(), self.version, torch.device(self.s.device))
+        return shared
 
     def _sync_dtype(self):
         return getattr(torch, self.s.sync_dtype) if self.s.sync_dtype else None
@@ -343,7 +377,7 @@ class Learner:
         """Pack the current policy; return (bytes, weights). Inside Ray the weights are put in the
         object store once and returned as ``[ref]`` (a list, so Ray hands the reference on to the
         samplers instead of resolving it here). Outside Ray (a benchmark) the weights themselves."""
-        packed = pack_state(self.model.named_parameters(), self.version, self._sync_dtype())
+        packed = pack_state(self._with_peers("whole_parameters"), self.version, self._sync_dtype())
         ray = sys.modules.get("ray")      # imported by whoever started Ray; no Ray, no import
         return packed.nbytes, ([ray.put(packed)] if ray and ray.is_initialized() else packed)
 
@@ -353,20 +387,16 @@ class Learner:
         """Write model, optimizer and RNG state into ``directory`` (the caller renames it into place;
         a URI is written locally and uploaded)."""
         from services.storage import write_dir
-        if self.s.shard_optimizer and self.peers:
-            import ray
-            calls = [peer.consolidate_optimizer.remote() for peer in self.peers]
-            self.consolidate_optimizer()
-            ray.get(calls)
-        write_dir(directory, self._write_files)
+        model, optimizer = self._with_peers("checkpoint_state")
+        write_dir(directory, lambda path: self._write_files(path, model, optimizer))
 
-    def _write_files(self, path: Path) -> None:
+    def _write_files(self, path: Path, model: dict, optimizer: dict) -> None:
         from safetensors.torch import save_file
         path.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous() for k, v in self.model.state_dict().items()
+        save_file({k: v.detach().contiguous() for k, v in model.items()
                    if k != "lm_head.weight" or not self.model.config.tie_word_embeddings},
                   str(path / "model.safetensors"))
-        torch.save({"optimizer": self.opt.state_dict(), "torch_rng": torch.get_rng_state(),
+        torch.save({"optimizer": optimizer, "torch_rng": torch.get_rng_state(),
                     "python_rng": random.getstate()}, path / "trainer_state.pt")
         (path / "learner.json").write_text(json.dumps({"version": self.version}))
 
@@ -383,12 +413,19 @@ class Learner:
 
     def _load_files(self, path: Path) -> int:
         from safetensors.torch import load_file
-        missing, unexpected = self.model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
+        current = self.model.state_dict()
+        whole = load_file(str(path / "model.safetensors"))
+        missing, unexpected = self.model.load_state_dict(
+            {k: data_parallel.sharded_like(v, current.get(k)) for k, v in whole.items()}, strict=False)
         if unexpected or [m for m in missing if m != "lm_head.weight"]:
             raise ValueError(f"checkpoint {path} does not match the model: missing {missing[:3]}, "
                              f"unexpected {unexpected[:3]}")
         state = torch.load(path / "trainer_state.pt", weights_only=False)
-        self.opt.load_state_dict(state["optimizer"])
+        optimizer = state["optimizer"]
+        if self.s.shard_weights and self.world_size > 1:
+            optimizer = data_parallel.shard_optimizer_state(
+                optimizer, [p for group in self.opt.param_groups for p in group["params"]])
+        self.opt.load_state_dict(optimizer)
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
         self.version = json.loads((path / "learner.json").read_text())["version"]

@@ -144,6 +144,14 @@ class Sampler:
         self.version = packed.version
         return self.version
 
+    def load_shared_weights(self, shared) -> bool:
+        """Take a policy version from the learner's GPU buffer (CUDA IPC, ``actors/weight_ipc.py``);
+        False when this sampler cannot map it (another GPU, a CPU model, tensor parallelism)."""
+        if not self.backend.load_shared(shared):
+            return False
+        self.version = shared.version
+        return True
+
     def weight_ranks(self) -> int:
         """Ranks this sampler takes in a broadcast group: one per tensor-parallel worker."""
         return self.backend.weight_ranks
@@ -193,6 +201,20 @@ class TransformersBackend:
     def load_weights(self, packed: PackedWeights) -> None:
         from actors.weight_sync import load_packed
         load_packed(self.model, packed)
+
+    def load_shared(self, shared) -> bool:
+        if self.model.device.type != "cuda":
+            return False
+        import torch
+
+        from actors.weight_broadcast import copy_into
+        from actors.weight_ipc import open_shared
+        pairs = open_shared(shared)
+        if pairs is None:
+            return False
+        copy_into(self.model, pairs)
+        torch.cuda.synchronize(self.model.device)     # done reading before the learner moves on
+        return True
 
     weight_ranks = 1
 
@@ -259,6 +281,15 @@ class VLLMBackend:
     def load_weights(self, packed: PackedWeights) -> None:
         self.llm.collective_rpc("load_packed_weights", args=(packed,))
         self.llm.reset_prefix_cache()
+
+    def load_shared(self, shared) -> bool:
+        """One worker only: with tensor parallelism the other workers are on other GPUs."""
+        if self.tensor_parallel_size > 1:
+            return False
+        if not all(self.llm.collective_rpc("load_shared_weights", args=(shared,))):
+            return False
+        self.llm.reset_prefix_cache()
+        return True
 
     @property
     def weight_ranks(self) -> int:

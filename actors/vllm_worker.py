@@ -1,6 +1,7 @@
 """Runs inside each vLLM worker process (``worker_extension_cls``): in-place weight updates, from
-the object store (``load_packed_weights``) or by broadcast from the learner (each tensor-parallel
-worker is one rank of the group: ``actors/weight_broadcast.py``)."""
+the object store (``load_packed_weights``), from the learner's buffer on the same GPU (CUDA IPC:
+``actors/weight_ipc.py``) or by broadcast from the learner (each tensor-parallel worker is one
+rank of the group: ``actors/weight_broadcast.py``)."""
 from __future__ import annotations
 
 
@@ -10,6 +11,17 @@ class WeightUpdateExtension:
         device = self.device  # the worker's CUDA device
         self.model_runner.model.load_weights(
             weights=((name, view.to(device, non_blocking=True)) for name, view in unpack_views(packed)))
+
+    def load_shared_weights(self, shared) -> bool:
+        import torch
+
+        from actors.weight_ipc import open_shared
+        pairs = open_shared(shared)
+        if pairs is None:
+            return False
+        self.model_runner.model.load_weights(weights=pairs)
+        torch.cuda.synchronize(self.device)
+        return True
 
     def open_weight_group(self, address, first_rank: int, world_size: int, spec, bucket_bytes: int) -> None:
         from actors.weight_broadcast import BroadcastGroup

@@ -58,6 +58,13 @@ def views(flat: torch.Tensor, spec: Spec, bucket: list[tuple[int, int]]) -> Iter
         yield name, flat[offset:offset + nbytes_of(spec[i])].view(getattr(torch, dtype)).view(shape)
 
 
+def fill(flat: torch.Tensor, tensors: list[torch.Tensor], spec: Spec, bucket: list[tuple[int, int]]) -> None:
+    """Copy ``tensors`` (in spec order, cast to the spec's dtypes) into ``bucket``'s bytes."""
+    with torch.no_grad():
+        for (i, _), (_, view) in zip(bucket, views(flat, spec, bucket)):
+            view.copy_(tensors[i].detach().reshape(view.shape))
+
+
 class BroadcastGroup:
     """Rank 0 sends, the other ranks receive; NCCL when ``device`` is a GPU, else gloo."""
 
@@ -82,9 +89,7 @@ class BroadcastGroup:
         sent = 0
         for bucket in plan_buckets(spec, bucket_bytes):
             flat = torch.empty(bucket_size(spec, bucket), dtype=torch.uint8, device=self.device)
-            with torch.no_grad():
-                for (i, _), (_, view) in zip(bucket, views(flat, spec, bucket)):
-                    view.copy_(tensors[i].detach().reshape(view.shape))
+            fill(flat, tensors, spec, bucket)
             self._broadcast(flat)
             sent += flat.numel()
         return sent

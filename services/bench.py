@@ -20,8 +20,10 @@ def write_result(out_dir: str, name: str, result: dict) -> Path:
 
 
 def bench_weight_sync(args) -> int:
-    """Learner → samplers with the real actors (object store and/or broadcast in buckets), against
-    an in-process ``copy_`` of the same tensors on the same device (on a GPU: device to device)."""
+    """Learner → samplers with the real actors (object store, broadcast in buckets, or CUDA IPC),
+    against an in-process ``copy_`` of the same tensors on the same device (on a GPU: device to
+    device). ``ipc`` puts the learner and the samplers on one GPU (as colocated placement does);
+    the others give each actor a GPU of its own."""
     import ray
     import torch
 
@@ -32,11 +34,14 @@ def bench_weight_sync(args) -> int:
 
     console = Console()
     gpu = args.device == "cuda"
+    if args.transport == "ipc" and not gpu:
+        raise ValueError("--transport ipc needs --device cuda (CUDA IPC)")
+    gpus = (1 / (1 + args.samplers) if args.transport == "ipc" else 1) if gpu else 0
     start_ray(RayConfig())
     dtype = "bfloat16" if gpu else "float32"
-    samplers = [ray.remote(Sampler).options(num_cpus=0.5, num_gpus=1 if gpu else 0).remote(
+    samplers = [ray.remote(Sampler).options(num_cpus=0.5, num_gpus=gpus).remote(
         SamplerSettings(args.model, dtype=dtype, device=args.device)) for _ in range(args.samplers)]
-    learner = ray.remote(Learner).options(num_cpus=0.5, num_gpus=1 if gpu else 0).remote(
+    learner = ray.remote(Learner).options(num_cpus=0.5, num_gpus=gpus).remote(
         LearnerSettings(args.model, device=args.device, sync_dtype=dtype if gpu else None))
     ray.get([a.ready.remote() for a in samplers + [learner]])
     transports = ["object_store", "broadcast"] if args.transport == "both" else [args.transport]
@@ -81,7 +86,8 @@ def bench_weight_sync(args) -> int:
     for col in ("path", "seconds", "MB/s", "vs copy_"):
         table.add_column(col, justify="right" if col != "path" else "left")
     labels = {"object_store": "learner → object store → samplers (pack, put once, get, copy_)",
-              "broadcast": f"learner → samplers, broadcast in {args.bucket_mb:g} MB buckets"}
+              "broadcast": f"learner → samplers, broadcast in {args.bucket_mb:g} MB buckets",
+              "ipc": "learner → samplers on its GPU, CUDA IPC (one buffer, copy_)"}
     for transport in medians:
         table.add_row(labels[transport], f"{result[f'{transport}_s']:.3f}",
                       f"{result[f'{transport}_mb_per_s']:.0f}", f"{result[f'{transport}_vs_copy']:.2f}")
@@ -95,7 +101,8 @@ def weight_sync_args(p) -> None:
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--samplers", type=int, default=1, help="sampler actors to sync")
-    p.add_argument("--transport", choices=["object_store", "broadcast", "both"], default="both")
+    p.add_argument("--transport", choices=["object_store", "broadcast", "ipc", "both"], default="both",
+                   help="both: object_store and broadcast; ipc: every actor on one GPU (needs --device cuda)")
     p.add_argument("--bucket-mb", type=float, default=256)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cuda: learner and each sampler on a GPU of their own (NCCL broadcast)")

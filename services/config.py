@@ -69,10 +69,20 @@ class LearnerConfig(ActorResources):
     gradient_checkpointing: bool = False
     shard_optimizer: bool = Field(False, description="learner.workers > 1: ZeRO-1, each rank keeps "
                                   "the optimizer state of its share of the parameters")
-    weight_sync: Literal["auto", "object_store", "broadcast"] = Field(
-        "auto", description="learner → samplers: broadcast in buckets over NCCL/gloo, or the Ray object "
-        "store; auto: broadcast between GPUs when not colocated")
+    shard_weights: bool = Field(False, description="learner.workers > 1: FSDP2, each rank keeps 1/N "
+                                "of every parameter, its gradient and its optimizer state")
+    weight_sync: Literal["auto", "object_store", "broadcast", "ipc"] = Field(
+        "auto", description="learner → samplers: broadcast in buckets over NCCL/gloo, CUDA IPC to samplers "
+        "on the learner's GPU, or the Ray object store; auto: between GPUs, broadcast when not "
+        "colocated and ipc when colocated")
     sync_bucket_mb: float = Field(256, gt=0, description="broadcast bucket size")
+
+    @model_validator(mode="after")
+    def _one_sharding(self) -> "LearnerConfig":
+        if self.shard_weights and self.shard_optimizer:
+            raise ValueError("learner.shard_weights already shards the optimizer state; "
+                             "drop learner.shard_optimizer")
+        return self
 
     @field_validator("advantage", "policy_loss", "kl_estimator", "aggregation")
     @classmethod
@@ -214,6 +224,9 @@ class SRTConfig(Strict):
         if self.ray.placement == "colocated" and self.learner.weight_sync == "broadcast" and self.learner.num_gpus:
             raise ValueError("learner.weight_sync: broadcast cannot run between two processes on one GPU "
                              "(ray.placement: colocated); use auto or object_store")
+        if self.learner.weight_sync == "ipc" and not (self.ray.placement == "colocated" and self.learner.num_gpus):
+            raise ValueError("learner.weight_sync: ipc shares the learner's GPU memory with the samplers on "
+                             "that GPU: it needs ray.placement: colocated and learner.num_gpus > 0")
         if self.ray.placement == "colocated" and self.learner.workers > 1:
             raise ValueError("ray.placement: colocated shares the first sampler's GPU with one learner; "
                              "learner.workers > 1 needs placement: disaggregated")

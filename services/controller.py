@@ -97,7 +97,9 @@ class Roles:
     weights: Any = None            # the latest packed weights ([ObjectRef]), for restarted samplers
     restarts: int = 0
     restart_timeout_s: float = 300.0
-    transport: str = "object_store"   # or "broadcast": a process group of the learner and samplers
+    transport: str = "object_store"   # "broadcast": a process group of the learner and samplers;
+                                      # "ipc": CUDA IPC to samplers on the learner's GPU
+    shared: Any = None             # the latest SharedWeights (ipc), for restarted samplers
     bucket_mb: float = 256
     group_open: bool = False
 
@@ -158,6 +160,9 @@ class Roles:
         if role == "sampler" and self.transport == "broadcast":
             self.group_open = False           # the restarted sampler is not in the old group
             self.sync_weights()
+        elif role == "sampler" and self.shared is not None:
+            if not ray.get(actor.load_shared_weights.remote(self.shared)):
+                self._through_object_store([i])
         elif role == "sampler" and self.weights is not None:
             ray.get(actor.load_weights.remote(self.weights))
 
@@ -173,22 +178,39 @@ class Roles:
                 ray.get([s.wake_up.remote() for s in self.samplers])
 
     def sync_weights(self) -> dict[str, float]:
-        """Learner → every sampler: through the object store (packed once), or by broadcast in
-        buckets. Returns the version, MB and MB/s."""
-        import ray
+        """Learner → every sampler: through the object store (packed once), by broadcast in
+        buckets, or by CUDA IPC. Returns the version, MB and MB/s."""
         start = time.perf_counter()
         if self.transport == "broadcast":
             self.version, nbytes = self._broadcast()
+        elif self.transport == "ipc":
+            self.version, nbytes = self._share()
         else:
-            nbytes, packed = ray.get(self.learner.export_weights.remote())    # [ref]: see export_weights
-            self.weights = packed
-            call = lambda i: self.samplers[i].load_weights.remote(packed)
-            refs = [call(i) for i in range(len(self.samplers))]
-            self.version = [self._get("sampler", i, ref, call) for i, ref in enumerate(refs)][0]
+            self.version, nbytes = self._through_object_store(range(len(self.samplers)))
         seconds = time.perf_counter() - start
         return {"sync/version": float(self.version), "sync/mb": nbytes / 1e6,
                 "sync/mb_per_s": nbytes / 1e6 / max(seconds, 1e-9) * len(self.samplers),
                 "time/sync_s": seconds}
+
+    def _through_object_store(self, which) -> tuple[int, int]:
+        """The learner packs its weights once; samplers ``which`` load them."""
+        import ray
+        nbytes, packed = ray.get(self.learner.export_weights.remote())    # [ref]: see export_weights
+        self.weights = packed
+        call = lambda i: self.samplers[i].load_weights.remote(packed)
+        refs = {i: call(i) for i in which}
+        return [self._get("sampler", i, ref, call) for i, ref in refs.items()][0], nbytes
+
+    def _share(self) -> tuple[int, int]:
+        """CUDA IPC to every sampler on the learner's GPU; the object store for the others."""
+        import ray
+        self.shared = ray.get(self.learner.share_weights.remote())
+        call = lambda i: self.samplers[i].load_shared_weights.remote(self.shared)
+        mapped = [self._get("sampler", i, call(i), call) for i in range(len(self.samplers))]
+        others = [i for i, ok in enumerate(mapped) if not ok]
+        if others:
+            self._through_object_store(others)
+        return self.shared.version, self.shared.nbytes
 
     def open_weight_group(self) -> None:
         """(Re)form the broadcast group: the learner is rank 0, each sampler takes one rank per
@@ -262,7 +284,8 @@ def start_roles(cfg, placement) -> Roles:
         kl_estimator=lc.kl_estimator, micro_batch_tokens=lc.micro_batch_tokens, autocast=lc.autocast,
         threads=lc.threads, device="cuda" if lc.num_gpus > 0 else "cpu",
         sync_dtype=None if s.dtype == "float32" else s.dtype, seed=cfg.train.seed, tis_cap=lc.tis_cap,
-        gradient_checkpointing=lc.gradient_checkpointing, shard_optimizer=lc.shard_optimizer)
+        gradient_checkpointing=lc.gradient_checkpointing, shard_optimizer=lc.shard_optimizer,
+        shard_weights=lc.shard_weights)
     learners = [ray.remote(Learner).options(**placement.options(
         "learner", i, name=placement.actor_name("learner", i if i else None))).remote(learner_settings)
         for i in range(lc.workers)]
@@ -284,10 +307,11 @@ def start_roles(cfg, placement) -> Roles:
 
 
 def weight_transport(cfg, colocated: bool) -> str:
-    """``learner.weight_sync: auto``: broadcast (NCCL) between a GPU learner and GPU samplers on
-    their own GPUs; the object store otherwise (CPUs, or a learner sharing a sampler's GPU)."""
+    """``learner.weight_sync: auto``: between a GPU learner and GPU samplers, broadcast (NCCL) when
+    they have their own GPUs and CUDA IPC when the learner shares a sampler's; on CPUs the object
+    store."""
     choice = cfg.learner.weight_sync
     if choice != "auto":
         return choice
     gpus = cfg.learner.num_gpus > 0 and cfg.sampler.num_gpus > 0
-    return "broadcast" if gpus and not colocated else "object_store"
+    return "object_store" if not gpus else "ipc" if colocated else "broadcast"

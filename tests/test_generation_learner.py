@@ -278,7 +278,9 @@ def test_micro_batching_gives_the_same_step(tiny_lm, prompts, aggregation):
     # the (clipped) accumulated gradients are left in .grad by the step
     for (k, p), (_, q) in zip(whole.model.named_parameters(), split.model.named_parameters()):
         torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4, msg=lambda m: f"{k}: {m}")
-    assert_params_close(params(whole.model), params(split.model), atol=1e-6)
+    # Adam's first step is lr·g/(|g|+eps): where |g| is near eps, float sums in another order move
+    # it by a few 1e-6
+    assert_params_close(params(whole.model), params(split.model), atol=1e-5)
 
 
 def test_kl_is_zero_at_the_first_step_and_enters_the_loss(tiny_lm, prompts):

@@ -48,56 +48,89 @@ def start_ranks(tiny_lm, n=2, **kw) -> list:
     return ranks
 
 
-@pytest.mark.parametrize("aggregation, shard_optimizer", [("token-mean", False), ("seq-mean-token-mean", False),
-                                                          ("token-mean", True)])
-def test_two_ranks_take_the_single_process_step(tiny_lm, prompts, ray_local, aggregation, shard_optimizer):
+LAYOUTS = {"replicated": {}, "zero1": {"shard_optimizer": True}, "fsdp": {"shard_weights": True}}
+
+
+def assert_weights_match(ranks, want: dict, atol: float) -> None:
+    """The group's weights (exported by rank 0, gathering any shards) equal ``want``."""
+    got = weights(ray.get(ranks[0].export_weights.remote()))
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, atol=atol, rtol=0, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("layout, extra", [
+    ("replicated", {}), ("replicated", {"aggregation": "seq-mean-token-mean"}), ("zero1", {}),
+    # one micro-batch per prompt group: the ranks run 2 and 1, so FSDP needs a placeholder
+    ("fsdp", {"micro_batch_tokens": 1}), ("fsdp", {"aggregation": "seq-mean-token-mean", "kl_coef": 0.1})])
+def test_two_ranks_take_the_single_process_step(tiny_lm, prompts, ray_local, layout, extra):
     samples = batch(prompts)
-    single = Learner(settings(tiny_lm, aggregation=aggregation))
+    single = Learner(settings(tiny_lm, **extra))
     expected = single.train_step(samples)
-    ranks = start_ranks(tiny_lm, aggregation=aggregation, shard_optimizer=shard_optimizer)
+    ranks = start_ranks(tiny_lm, **LAYOUTS[layout], **extra)
     got = ray.get(ranks[0].train_step.remote(samples))
     assert got["loss"] == pytest.approx(expected["loss"], abs=1e-6)
+    assert got["kl"] == pytest.approx(expected["kl"], abs=1e-6)
     assert got["grad_norm"] == pytest.approx(expected["grad_norm"], rel=1e-5)
     assert got["sampler_logprob_gap"] == pytest.approx(expected["sampler_logprob_gap"], abs=1e-5)
     assert got["is_weights"] == pytest.approx(expected["is_weights"], abs=1e-6)   # back in input order
-    grads = lambda learner: {k: p.grad.clone() for k, p in learner.model.named_parameters()}
-    want_grads, want = grads(single), weights(single.export_weights())
-    for rank in ranks:
-        # every rank holds the whole batch's (clipped) gradient, summed across ranks …
-        mine = ray.get(rank.__ray_call__.remote(grads))
+    def whole_grads(learner) -> dict[str, torch.Tensor]:
+        """Each parameter's whole gradient (sharded ones gathered: every rank at once)."""
+        from actors.data_parallel import gathered
+        return {k: gathered(p.grad).clone() for k, p in learner.model.named_parameters()}
+
+    # every rank holds the whole batch's (clipped) gradient, summed across ranks (or its shard of it) …
+    want_grads = whole_grads(single)
+    for mine in ray.get([rank.__ray_call__.remote(whole_grads) for rank in ranks]):
         for name, value in want_grads.items():
             torch.testing.assert_close(mine[name], value, atol=1e-7, rtol=1e-5, msg=lambda m: f"{name}: {m}")
-        # … and so the same new weights (Adam's first step is ±lr wherever |g| ≫ eps; float sums in
-        # another order may flip that for a gradient of ~1e-8, hence the tolerance)
-        mine = weights(ray.get(rank.export_weights.remote()))
-        for name, value in want.items():
-            torch.testing.assert_close(mine[name], value, atol=2e-4, rtol=0, msg=lambda m: f"{name}: {m}")
+    # … and so the same new weights (Adam's first step is ±lr wherever |g| ≫ eps; float sums in
+    # another order may flip that for a gradient of ~1e-8, hence the tolerance). Exported from
+    # rank 0; each rank's own copy (replicated) or shard (fsdp) is what that export gathers.
+    assert_weights_match(ranks, weights(single.export_weights()), atol=2e-4)
     for r in ranks:
         ray.kill(r)
 
 
-def test_sharded_optimizer_checkpoint_resumes_the_same_run(tiny_lm, prompts, ray_local, tmp_path):
-    """ZeRO-1: rank 0 gathers the Adam state for the checkpoint, every rank of a new group takes its
-    share back, and the next step equals the single process's second step."""
+def test_fully_sharded_rank_without_samples_runs_placeholders(tiny_lm, prompts, ray_local):
+    """One prompt group for two ranks: rank 1 has nothing, runs a placeholder micro-batch so the
+    collectives pair up, and adds nothing to the gradient."""
+    samples = batch(prompts)[:3]
+    single = Learner(settings(tiny_lm))
+    expected = single.train_step(samples)
+    ranks = start_ranks(tiny_lm, shard_weights=True)
+    got = ray.get(ranks[0].train_step.remote(samples))
+    assert got["grad_norm"] == pytest.approx(expected["grad_norm"], rel=1e-5)
+    assert_weights_match(ranks, weights(single.export_weights()), atol=2e-4)
+    for r in ranks:
+        ray.kill(r)
+
+
+@pytest.mark.parametrize("layout", ["zero1", "fsdp"])
+def test_sharded_checkpoint_resumes_the_same_run(tiny_lm, prompts, ray_local, tmp_path, layout):
+    """Rank 0 gathers the sharded state into a single-process checkpoint; every rank of a new group
+    takes its share back, and the next step equals the single process's second step — as does a
+    single process resuming from the same checkpoint."""
     samples = batch(prompts)
     single = Learner(settings(tiny_lm))
     single.train_step(samples)
     single.train_step(samples)
-    ranks = start_ranks(tiny_lm, shard_optimizer=True)
+    want = weights(single.export_weights())
+    ranks = start_ranks(tiny_lm, **LAYOUTS[layout])
     ray.get(ranks[0].train_step.remote(samples))
     ray.get(ranks[0].save.remote(str(tmp_path / "ckpt")))
     for r in ranks:
         ray.kill(r)
-    fresh = start_ranks(tiny_lm, shard_optimizer=True)
+    fresh = start_ranks(tiny_lm, **LAYOUTS[layout])
     assert ray.get(fresh[0].load.remote(str(tmp_path / "ckpt"))) == 1
     ray.get(fresh[0].train_step.remote(samples))
-    want = weights(single.export_weights())
-    for rank in fresh:
-        mine = weights(ray.get(rank.export_weights.remote()))
-        for name, value in want.items():
-            torch.testing.assert_close(mine[name], value, atol=4e-4, rtol=0, msg=lambda m: f"{name}: {m}")
+    assert_weights_match(fresh, want, atol=4e-4)
     for r in fresh:
         ray.kill(r)
+    alone = Learner(settings(tiny_lm))
+    assert alone.load(str(tmp_path / "ckpt")) == 1
+    alone.train_step(samples)
+    for name, value in weights(alone.export_weights()).items():
+        torch.testing.assert_close(value, want[name], atol=4e-4, rtol=0, msg=lambda m: f"{name}: {m}")
 
 
 def test_shards_are_whole_groups_balanced_by_tokens(tiny_lm, prompts):
@@ -119,3 +152,31 @@ def test_shards_are_whole_groups_balanced_by_tokens(tiny_lm, prompts):
 def test_colocated_placement_takes_one_learner():
     with pytest.raises(ConfigError, match="learner.workers > 1 needs placement: disaggregated"):
         parse_config({"job": "srt", "learner": {"workers": 2}, "ray": {"placement": "colocated"}})
+
+
+def test_one_sharding_at_a_time():
+    with pytest.raises(ConfigError, match="shard_weights already shards the optimizer state"):
+        parse_config({"job": "srt", "learner": {"workers": 2, "shard_weights": True, "shard_optimizer": True}})
+
+
+def test_fully_sharded_vision_language_model(ray_local):
+    """Image prompts (tiny LLaVA) under FSDP: three images for two ranks, one micro-batch each, so
+    one rank's placeholder runs no vision tower while the other's images do."""
+    from actors.sampler import Sampler, SamplerSettings, SamplingParams
+    from tests.test_vision import BLUE, RED, png
+    images = [RED, BLUE, png((0, 255, 0))]
+    out = Sampler(SamplerSettings(model="tiny-llava", threads=1)).generate(
+        [{"text": "what is it?", "image": im} for im in images],
+        SamplingParams(n=2, temperature=1.0, max_new_tokens=4, seed=0))
+    samples = [Sample(c.prompt_ids, c.token_ids, a, c.logprobs, images[c.prompt_index])
+               for c, a in zip(out, [1.0, -1.0] * 3)]
+    kw = {"lr": 1e-3, "micro_batch_tokens": 1}
+    single = Learner(settings("tiny-llava", **kw))
+    expected = single.train_step(samples)
+    ranks = start_ranks("tiny-llava", shard_weights=True, **kw)
+    got = ray.get(ranks[0].train_step.remote(samples))
+    assert got["loss"] == pytest.approx(expected["loss"], abs=1e-6)
+    assert got["grad_norm"] == pytest.approx(expected["grad_norm"], rel=1e-5)
+    assert_weights_match(ranks, weights(single.export_weights()), atol=2e-5)
+    for r in ranks:
+        ray.kill(r)

@@ -50,6 +50,7 @@ class FakeLLM:
 
     def collective_rpc(self, method, args=()):
         self.calls.append(("rpc", method, args))
+        return [True] * self.kwargs.get("tensor_parallel_size", 1)     # one result per worker
 
     def reset_prefix_cache(self):
         self.calls.append(("reset",))
@@ -171,3 +172,12 @@ def test_real_vllm_engine_generates():
     backend = VLLMBackend(SamplerSettings(model="smollm2-135m-instruct", backend="vllm", dtype="bfloat16"))
     out = backend.generate([[1, 2, 3]], SamplingParams(n=2, max_new_tokens=4))
     assert len(out) == 2 and all(len(o[1]) <= 4 for o in out)
+
+
+def test_shared_weights_go_to_the_one_worker_then_reset_cache(fake_vllm):
+    backend = VLLMBackend(SamplerSettings(model=str(fake_vllm), backend="vllm"))
+    assert backend.load_shared("handle") is True
+    assert backend.llm.calls == [("rpc", "load_shared_weights", ("handle",)), ("reset",)]
+    # tensor parallel: the other workers sit on other GPUs and cannot map the learner's buffer
+    tp = VLLMBackend(SamplerSettings(model=str(fake_vllm), backend="vllm", tensor_parallel_size=2))
+    assert tp.load_shared("handle") is False and tp.llm.calls == []

@@ -1,0 +1,57 @@
+"""Learner → a sampler on the *same* GPU (``ray.placement: colocated``): CUDA IPC.
+
+The learner copies its weights (cast to the sync dtype) into one device buffer laid out by the
+broadcast spec (``actors/weight_broadcast.py``) and hands out a CUDA IPC handle to it, as
+``torch.multiprocessing`` does between processes. A sampler process on the same GPU maps the
+buffer and copies from it: device to device, no host round trip, no collective. The learner keeps
+the buffer until its next share, and every reader has finished before the sync returns. A sampler
+on another GPU (or a tensor-parallel engine) cannot map it and says so; the controller sends it
+the object-store copy instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from actors.weight_broadcast import Spec, bucket_size, fill, plan_buckets, views
+
+
+@dataclass
+class SharedWeights:
+    version: int
+    spec: Spec
+    device_uuid: str        # the GPU holding the buffer (indices differ between processes)
+    handle: tuple           # ``reduce_tensor``'s arguments for ``rebuild_cuda_tensor``
+    nbytes: int
+
+    DEVICE_ARG = 6          # where ``rebuild_cuda_tensor`` takes the device index
+
+
+def device_uuid(device: torch.device) -> str:
+    return str(torch.cuda.get_device_properties(device).uuid)
+
+
+def share(tensors: list[torch.Tensor], spec: Spec, version: int, device: torch.device):
+    """(buffer, SharedWeights): keep the buffer alive while any process may read it."""
+    from torch.multiprocessing.reductions import reduce_tensor
+    whole = plan_buckets(spec, 1 << 62)[0]
+    flat = torch.empty(bucket_size(spec, whole), dtype=torch.uint8, device=device)
+    fill(flat, tensors, spec, whole)
+    torch.cuda.synchronize(device)
+    _, handle = reduce_tensor(flat)
+    return flat, SharedWeights(version, spec, device_uuid(device), tuple(handle), flat.numel())
+
+
+def open_shared(shared: SharedWeights) -> list[tuple[str, torch.Tensor]] | None:
+    """(name, view) pairs into the learner's buffer, or None when it is on a GPU this process
+    does not see. Copy out of the views, then ``torch.cuda.synchronize()`` before returning."""
+    from torch.multiprocessing.reductions import rebuild_cuda_tensor
+    local = [i for i in range(torch.cuda.device_count())
+             if device_uuid(torch.device("cuda", i)) == shared.device_uuid]
+    if not local:
+        return None
+    args = list(shared.handle)
+    args[SharedWeights.DEVICE_ARG] = local[0]
+    flat = rebuild_cuda_tensor(*args)
+    return list(views(flat, shared.spec, plan_buckets(shared.spec, 1 << 62)[0]))
