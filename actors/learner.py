@@ -366,7 +366,8 @@ class Learner:
         if not self.s.device.startswith("cuda"):
             raise ValueError("CUDA IPC needs the learner on a GPU (learner.num_gpus > 0)")
         tensors = [p for _, p in self._with_peers("whole_parameters")]
-        self.shared_buffer = None                      # the previous version's, read by now
+        self.shared_buffer = None          # the previous version's: every sampler has copied it
+        torch.cuda.ipc_collect()           # free it now, not when torch next collects sent blocks
         self.shared_buffer, shared = share(tensors, self.sync_spec(), self.version, torch.device(self.s.device))
         return shared
 

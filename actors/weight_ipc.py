@@ -32,12 +32,22 @@ def device_uuid(device: torch.device) -> str:
     return str(torch.cuda.get_device_properties(device).uuid)
 
 
+def whole(spec: Spec) -> list[tuple[int, int]]:
+    """Every tensor of ``spec`` in one bucket."""
+    return plan_buckets(spec, 1 << 62)[0]
+
+
+def pack_on_device(tensors: list[torch.Tensor], spec: Spec, device: torch.device) -> torch.Tensor:
+    """One byte buffer on ``device`` holding ``tensors`` as ``spec`` lays them out."""
+    flat = torch.empty(bucket_size(spec, whole(spec)), dtype=torch.uint8, device=device)
+    fill(flat, tensors, spec, whole(spec))
+    return flat
+
+
 def share(tensors: list[torch.Tensor], spec: Spec, version: int, device: torch.device):
     """(buffer, SharedWeights): keep the buffer alive while any process may read it."""
     from torch.multiprocessing.reductions import reduce_tensor
-    whole = plan_buckets(spec, 1 << 62)[0]
-    flat = torch.empty(bucket_size(spec, whole), dtype=torch.uint8, device=device)
-    fill(flat, tensors, spec, whole)
+    flat = pack_on_device(tensors, spec, device)
     torch.cuda.synchronize(device)
     _, handle = reduce_tensor(flat)
     return flat, SharedWeights(version, spec, device_uuid(device), tuple(handle), flat.numel())
@@ -54,4 +64,4 @@ def open_shared(shared: SharedWeights) -> list[tuple[str, torch.Tensor]] | None:
     args = list(shared.handle)
     args[SharedWeights.DEVICE_ARG] = local[0]
     flat = rebuild_cuda_tensor(*args)
-    return list(views(flat, shared.spec, plan_buckets(shared.spec, 1 << 62)[0]))
+    return list(views(flat, shared.spec, whole(shared.spec)))

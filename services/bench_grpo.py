@@ -148,16 +148,28 @@ def evoray_steps(path: Path, args, device: str, prompts: list[list[int]]) -> lis
         sync(device)
         times["training"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        _, packed = learner.export_weights()
-        sampler.load_weights(packed)
+        times["sync_bytes"] = sync_weights(learner, sampler)
         sync(device)
         times["sync"] = time.perf_counter() - t0
         times["tokens"] = sum(len(ids) for _, ids, _, _ in out)
-        times["sync_bytes"] = packed.nbytes
         times["logprob_gap"] = stats.get("sampler_logprob_gap", 0.0)
         if step:                              # step 0 is the warm-up
             results.append(times)
     return results
+
+
+def sync_weights(learner, sampler) -> int:
+    """Learner → sampler in one process: the colocated CUDA IPC path's work (pack the weights, cast
+    to the sync dtype, into one buffer on the learner's device; copy into the sampler — between
+    processes the mapping adds no copy). Returns the bytes moved."""
+    import torch
+
+    from actors.weight_broadcast import copy_into, views
+    from actors.weight_ipc import pack_on_device, whole
+    spec = learner.sync_spec()
+    flat = pack_on_device([p for _, p in learner.whole_parameters()], spec, torch.device(learner.s.device))
+    copy_into(sampler.backend.model, views(flat, spec, whole(spec)))
+    return flat.numel()
 
 
 def trl_steps(path: Path, args, device: str, prompts: list[list[int]], out_dir: Path) -> list[dict] | str:
