@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from actors.generation import generate_groups, left_pad
-from actors.learner import Learner, LearnerSettings, Sample, completion_logprobs
+from actors.learner import Learner, LearnerSettings, Sample, completion_logprobs, sequence_logprobs
 from actors.model_loading import load_causal_lm
 from actors.sampler import Completion, Sampler, SamplerSettings, SamplingParams
 from actors.weight_sync import PackedWeights
@@ -281,6 +281,30 @@ def test_micro_batching_gives_the_same_step(tiny_lm, prompts, aggregation):
     # Adam's first step is lr·g/(|g|+eps): where |g| is near eps, float sums in another order move
     # it by a few 1e-6
     assert_params_close(params(whole.model), params(split.model), atol=1e-5)
+
+
+def test_whole_sequences_give_the_prompt_sharing_logprobs(lm, prompts):
+    """One forward per whole sample (right-padded) against one per prompt + its samples on the
+    prompt's KV cache (left-padded): the same log-probs and mask."""
+    model, tok = lm
+    samples = fixed_samples(prompts) + [Sample(prompts[1], [7], 0.5)]
+    with torch.no_grad():
+        shared, mask = completion_logprobs(model, samples, tok.pad_token_id)
+        whole, whole_mask = sequence_logprobs(model, samples, tok.pad_token_id)
+    assert torch.equal(mask, whole_mask) and mask.sum() == sum(len(s.token_ids) for s in samples)
+    torch.testing.assert_close(whole * mask, shared * mask, atol=1e-5, rtol=0)
+
+
+def test_gradient_checkpointing_takes_the_same_step(tiny_lm, prompts):
+    """Hugging Face keeps no KV cache under gradient checkpointing; the learner then runs whole
+    sequences, and the step is the one without checkpointing."""
+    samples = fixed_samples(prompts)
+    plain, recomputing = Learner(settings(tiny_lm)), Learner(settings(tiny_lm, gradient_checkpointing=True))
+    a, b = plain.train_step(samples), recomputing.train_step(samples)
+    assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+    assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+    for (k, p), (_, q) in zip(plain.model.named_parameters(), recomputing.model.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4, msg=lambda m: f"{k}: {m}")
 
 
 def test_kl_is_zero_at_the_first_step_and_enters_the_loss(tiny_lm, prompts):

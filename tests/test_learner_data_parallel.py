@@ -61,7 +61,8 @@ def assert_weights_match(ranks, want: dict, atol: float) -> None:
 @pytest.mark.parametrize("layout, extra", [
     ("replicated", {}), ("replicated", {"aggregation": "seq-mean-token-mean"}), ("zero1", {}),
     # one micro-batch per prompt group: the ranks run 2 and 1, so FSDP needs a placeholder
-    ("fsdp", {"micro_batch_tokens": 1}), ("fsdp", {"aggregation": "seq-mean-token-mean", "kl_coef": 0.1})])
+    ("fsdp", {"micro_batch_tokens": 1}), ("fsdp", {"aggregation": "seq-mean-token-mean", "kl_coef": 0.1}),
+    ("fsdp", {"micro_batch_tokens": 1, "gradient_checkpointing": True})])
 def test_two_ranks_take_the_single_process_step(tiny_lm, prompts, ray_local, layout, extra):
     samples = batch(prompts)
     single = Learner(settings(tiny_lm, **extra))

@@ -6,7 +6,7 @@ import io
 import pytest
 import torch
 
-from actors.learner import Learner, LearnerSettings, Sample, completion_logprobs
+from actors.learner import Learner, LearnerSettings, Sample, completion_logprobs, sequence_logprobs
 from actors.sampler import Sampler, SamplerSettings, SamplingParams
 
 
@@ -56,9 +56,11 @@ def test_learner_logprobs_match_the_sampler_per_image(sampler, learner):
         logp, mask = completion_logprobs(learner.model, samples, learner.pad_id, vision=learner.vision)
         swapped = samples_of(out, images[::-1])
         logp_swapped, _ = completion_logprobs(learner.model, swapped, learner.pad_id, vision=learner.vision)
+        whole, _ = sequence_logprobs(learner.model, samples, learner.pad_id, vision=learner.vision)
     for i, c in enumerate(out):
         n = len(c.token_ids)
         assert torch.allclose(logp[i, :n], torch.tensor(c.logprobs), atol=1e-4)
+        assert torch.allclose(whole[i, :n], logp[i, :n], atol=1e-5)   # each sample run whole, its own image
     assert (logp - logp_swapped).abs().max() > 1e-5     # the image reaches the logits
 
 
