@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from actors import data_parallel, grpo
-from actors.generation import cache_kwarg, left_pad, output_cache
+from actors.generation import cache_kwarg, left_pad, output_cache, right_pad
 from actors.weight_sync import pack_state
 
 
@@ -95,8 +95,7 @@ def completion_logprobs(model, samples: list[Sample], pad_id: int, device: str =
     ``whole_sequences`` runs each sample in full instead (``sequence_logprobs``): a model training
     with gradient checkpointing keeps no KV cache (Hugging Face turns it off).
     """
-    images = [s.image for s in samples if s.image is not None]
-    if images and vision is None:
+    if vision is None and any(s.image is not None for s in samples):
         raise ValueError("samples with images need a vision-language model")
     if whole_sequences:
         return sequence_logprobs(model, samples, pad_id, device, vision)
@@ -125,13 +124,8 @@ def sequence_logprobs(model, samples: list[Sample], pad_id: int, device: str = "
     """``completion_logprobs`` with one forward over each whole sample (prompt + completion,
     right-padded, so positions count from 0): completion token j of sample i is predicted at
     position len(prompt_i) − 1 + j."""
-    seqs = [s.prompt_ids + s.token_ids for s in samples]
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, seq in enumerate(seqs):
-        ids[i, :len(seq)] = torch.tensor(seq)
-        attention[i, :len(seq)] = 1
+    ids, attention = right_pad([s.prompt_ids + s.token_ids for s in samples], pad_id)
+    width = ids.shape[1]
     images = [s.image for s in samples if s.image is not None]
     logits = model(input_ids=ids.to(device), attention_mask=attention.to(device), use_cache=False,
                    **(vision.pixel_inputs(images, device) if images else {})).logits
@@ -144,12 +138,7 @@ def sequence_logprobs(model, samples: list[Sample], pad_id: int, device: str = "
 
 def completion_targets(samples: list[Sample], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The completions right-padded [S, T] and their mask."""
-    t = max(len(s.token_ids) for s in samples)
-    comp = torch.full((len(samples), t), pad_id, dtype=torch.long)
-    comp_mask = torch.zeros((len(samples), t), dtype=torch.long)
-    for i, s in enumerate(samples):
-        comp[i, :len(s.token_ids)] = torch.tensor(s.token_ids)
-        comp_mask[i, :len(s.token_ids)] = 1
+    comp, comp_mask = right_pad([s.token_ids for s in samples], pad_id)
     return comp.to(device), comp_mask.to(device)
 
 
@@ -394,17 +383,24 @@ class Learner:
         group, spec, bucket = self.weight_group
         return group.send([p for _, p in self._with_peers("whole_parameters")], spec, bucket)
 
+    def pack_on_device(self):
+        """(buffer, spec): the current policy, cast to the sync dtype, in one byte buffer on this
+        learner's device, laid out by ``sync_spec``."""
+        from actors.weight_ipc import pack_on_device
+        spec = self.sync_spec()
+        tensors = [p for _, p in self._with_peers("whole_parameters")]
+        return pack_on_device(tensors, spec, torch.device(self.s.device)), spec
+
     def share_weights(self):
         """The current policy in one buffer on this GPU behind a CUDA IPC handle, for samplers on
         the same GPU (``actors/weight_ipc.py``); the buffer lives until the next share."""
         from actors.weight_ipc import share
         if not self.s.device.startswith("cuda"):
             raise ValueError("CUDA IPC needs the learner on a GPU (learner.num_gpus > 0)")
-        tensors = [p for _, p in self._with_peers("whole_parameters")]
         self.shared_buffer = None          # the previous version's: every sampler has copied it
         torch.cuda.ipc_collect()           # free it now, not when torch next collects sent blocks
-        self.shared_buffer, shared = share(tensors, self.sync_spec(), self.version, torch.device(self.s.device))
-        return shared
+        self.shared_buffer, spec = self.pack_on_device()
+        return share(self.shared_buffer, spec, self.version)
 
     def _sync_dtype(self):
         return getattr(torch, self.s.sync_dtype) if self.s.sync_dtype else None

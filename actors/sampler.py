@@ -207,7 +207,7 @@ class TransformersBackend:
             return False
         import torch
 
-        from actors.weight_broadcast import copy_into
+        from actors.weight_sync import copy_into
         from actors.weight_ipc import open_shared
         pairs = open_shared(shared)
         if pairs is None:
@@ -224,7 +224,7 @@ class TransformersBackend:
                              spec, bucket_bytes)
 
     def receive_weights(self) -> None:
-        from actors.weight_broadcast import copy_into
+        from actors.weight_sync import copy_into
         group, spec, bucket_bytes = self.weight_group
         for pairs in group.receive(spec, bucket_bytes):
             copy_into(self.model, pairs)

@@ -100,14 +100,3 @@ class BroadcastGroup:
             flat = torch.empty(bucket_size(spec, bucket), dtype=torch.uint8, device=self.device)
             self._broadcast(flat)
             yield list(views(flat, spec, bucket))
-
-
-def copy_into(module: torch.nn.Module, pairs: Iterable[tuple[str, torch.Tensor]]) -> None:
-    """Copy received tensors into ``module``'s parameters/buffers of the same names, in place."""
-    params = dict(module.named_parameters())
-    params.update(dict(module.named_buffers()))
-    with torch.no_grad():
-        for name, view in pairs:
-            if name not in params:
-                raise KeyError(f"weights for unknown parameter {name!r}")
-            params[name].copy_(view)

@@ -39,18 +39,19 @@ def whole(spec: Spec) -> list[tuple[int, int]]:
 
 def pack_on_device(tensors: list[torch.Tensor], spec: Spec, device: torch.device) -> torch.Tensor:
     """One byte buffer on ``device`` holding ``tensors`` as ``spec`` lays them out."""
-    flat = torch.empty(bucket_size(spec, whole(spec)), dtype=torch.uint8, device=device)
-    fill(flat, tensors, spec, whole(spec))
+    bucket = whole(spec)
+    flat = torch.empty(bucket_size(spec, bucket), dtype=torch.uint8, device=device)
+    fill(flat, tensors, spec, bucket)
     return flat
 
 
-def share(tensors: list[torch.Tensor], spec: Spec, version: int, device: torch.device):
-    """(buffer, SharedWeights): keep the buffer alive while any process may read it."""
+def share(flat: torch.Tensor, spec: Spec, version: int) -> SharedWeights:
+    """An IPC handle to ``pack_on_device``'s buffer on a GPU: keep the buffer alive while any
+    process may read it."""
     from torch.multiprocessing.reductions import reduce_tensor
-    flat = pack_on_device(tensors, spec, device)
-    torch.cuda.synchronize(device)
+    torch.cuda.synchronize(flat.device)
     _, handle = reduce_tensor(flat)
-    return flat, SharedWeights(version, spec, device_uuid(device), tuple(handle), flat.numel())
+    return SharedWeights(version, spec, device_uuid(flat.device), tuple(handle), flat.numel())
 
 
 def open_shared(shared: SharedWeights) -> list[tuple[str, torch.Tensor]] | None:

@@ -61,15 +61,22 @@ def unpack_views(packed: PackedWeights):
 
 def load_packed(module: torch.nn.Module, packed: PackedWeights) -> int:
     """Copy packed weights into ``module``'s parameters in place; returns bytes copied."""
+    copy_into(module, unpack_views(packed))
+    return packed.nbytes
+
+
+def copy_into(module: torch.nn.Module, named_tensors) -> None:
+    """Copy (name, tensor) pairs into ``module``'s parameters/buffers of the same names, in place
+    (cast to their dtypes). An unknown name fails before anything is copied."""
     params = dict(module.named_parameters())
     params.update(dict(module.named_buffers()))
-    missing = [name for name, *_ in packed.index if name not in params]
+    pairs = list(named_tensors)
+    missing = [name for name, _ in pairs if name not in params]
     if missing:
         raise KeyError(f"weights for unknown parameters: {missing[:5]}")
     with torch.no_grad():
-        for name, view in unpack_views(packed):
+        for name, view in pairs:
             if params[name].shape != view.shape:
                 raise ValueError(f"weights for {name}: shape {tuple(view.shape)} does not match "
                                  f"{tuple(params[name].shape)}")
             params[name].copy_(view)
-    return packed.nbytes

@@ -105,7 +105,7 @@ def weight_sync_args(p) -> None:
                    help="both: object_store and broadcast; ipc: every actor on one GPU (needs --device cuda)")
     p.add_argument("--bucket-mb", type=float, default=256)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                   help="cuda: learner and each sampler on a GPU of their own (NCCL broadcast)")
+                   help="cuda: learner and each sampler on a GPU of their own (all on one with --transport ipc)")
 
 
 def _lazy(module: str, fn: str):

@@ -162,12 +162,10 @@ def sync_weights(learner, sampler) -> int:
     """Learner → sampler in one process: the colocated CUDA IPC path's work (pack the weights, cast
     to the sync dtype, into one buffer on the learner's device; copy into the sampler — between
     processes the mapping adds no copy). Returns the bytes moved."""
-    import torch
-
-    from actors.weight_broadcast import copy_into, views
-    from actors.weight_ipc import pack_on_device, whole
-    spec = learner.sync_spec()
-    flat = pack_on_device([p for _, p in learner.whole_parameters()], spec, torch.device(learner.s.device))
+    from actors.weight_broadcast import views
+    from actors.weight_ipc import whole
+    from actors.weight_sync import copy_into
+    flat, spec = learner.pack_on_device()
     copy_into(sampler.backend.model, views(flat, spec, whole(spec)))
     return flat.numel()
 

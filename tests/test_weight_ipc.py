@@ -74,10 +74,11 @@ def test_another_process_reads_the_shared_buffer_on_the_gpu():
     import torch.multiprocessing as mp
 
     from actors.weight_broadcast import weight_spec
-    from actors.weight_ipc import share
+    from actors.weight_ipc import pack_on_device, share
     tensors = [("a", torch.randn(3, 5, device="cuda")), ("b", torch.randn(7, device="cuda"))]
     spec = weight_spec(tensors, torch.bfloat16)
-    buffer, shared = share([t for _, t in tensors], spec, 4, torch.device("cuda"))
+    buffer = pack_on_device([t for _, t in tensors], spec, torch.device("cuda"))
+    shared = share(buffer, spec, 4)
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     child = ctx.Process(target=_read_shared, args=(shared, out))
