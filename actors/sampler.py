@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from actors.weight_sync import PackedWeights
+from actors.weights.pack import PackedWeights
 
 
 @dataclass
@@ -145,7 +145,7 @@ class Sampler:
         return self.version
 
     def load_shared_weights(self, shared) -> bool:
-        """Take a policy version from the learner's GPU buffer (CUDA IPC, ``actors/weight_ipc.py``);
+        """Take a policy version from the learner's GPU buffer (CUDA IPC, ``actors/weights/ipc.py``);
         False when this sampler cannot map it (another GPU, a CPU model, tensor parallelism)."""
         if not self.backend.load_shared(shared):
             return False
@@ -165,7 +165,7 @@ class Sampler:
         return getattr(self.backend, "weight_group", None) is not None
 
     def receive_weights(self, version: int) -> int:
-        """Take the learner's broadcast of policy ``version`` (``actors/weight_broadcast.py``)."""
+        """Take the learner's broadcast of policy ``version`` (``actors/weights/broadcast.py``)."""
         self.backend.receive_weights()
         self.version = version
         return version
@@ -199,7 +199,7 @@ class TransformersBackend:
         return list(zip(b.prompt_index, b.token_ids, b.logprobs, b.finished))
 
     def load_weights(self, packed: PackedWeights) -> None:
-        from actors.weight_sync import load_packed
+        from actors.weights.pack import load_packed
         load_packed(self.model, packed)
 
     def load_shared(self, shared) -> bool:
@@ -207,8 +207,8 @@ class TransformersBackend:
             return False
         import torch
 
-        from actors.weight_sync import copy_into
-        from actors.weight_ipc import open_shared
+        from actors.weights.pack import copy_into
+        from actors.weights.ipc import open_shared
         pairs = open_shared(shared)
         if pairs is None:
             return False
@@ -219,12 +219,12 @@ class TransformersBackend:
     weight_ranks = 1
 
     def open_weight_group(self, address, first_rank: int, world_size: int, spec, bucket_bytes: int) -> None:
-        from actors.weight_broadcast import BroadcastGroup
+        from actors.weights.broadcast import BroadcastGroup
         self.weight_group = (BroadcastGroup(*address, first_rank, world_size, str(self.model.device)),
                              spec, bucket_bytes)
 
     def receive_weights(self) -> None:
-        from actors.weight_sync import copy_into
+        from actors.weights.pack import copy_into
         group, spec, bucket_bytes = self.weight_group
         for pairs in group.receive(spec, bucket_bytes):
             copy_into(self.model, pairs)
@@ -254,7 +254,7 @@ class VLLMBackend:
         self.llm = vllm.LLM(model=path, dtype=s.dtype,
                             tensor_parallel_size=s.tensor_parallel_size,
                             gpu_memory_utilization=s.gpu_memory_utilization,
-                            worker_extension_cls="actors.vllm_worker.WeightUpdateExtension",
+                            worker_extension_cls="actors.weights.vllm_worker.WeightUpdateExtension",
                             enable_prefix_caching=True, **s.extra)
         self.tokenizer = self.llm.get_tokenizer()
         self.sleep_mode = bool(s.extra.get("enable_sleep_mode"))   # set when colocated

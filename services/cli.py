@@ -1,4 +1,4 @@
-"""``evoray``: run, resume, report and bench (see ARCHITECTURE.md for the contract)."""
+"""``evoray``: run, resume, submit, report, bench and sandbox exec (the contract: docs/architecture.md)."""
 from __future__ import annotations
 
 import argparse
@@ -12,33 +12,8 @@ from services.placement import PlacementError
 
 def _check_inputs(cfg) -> None:
     """Fail on a missing model or bad task data here, before Ray starts."""
-    from actors.model_loading import resolve_model
-    if cfg.job == "dgm":
-        import os
-
-        from jobs.dgm.loop import load_tasks
-        from services.gateway import active_routes
-        for route in active_routes(cfg.gateway, os.environ).routes:
-            if route.backend == "openai" and route.api_key_env and not os.environ.get(route.api_key_env):
-                raise ConfigError(f"gateway route {route.name!r} needs the environment variable "
-                                  f"{route.api_key_env} (or optional: true to skip it without)")
-            if route.backend == "sampler":
-                resolve_model(route.model or cfg.model.name)
-        load_tasks(cfg)
-        return
-    if cfg.job == "uigenie":
-        from actors.emulator.factory import check_backend
-        resolve_model(cfg.model.name)
-        resolve_model(cfg.reward_model.model or cfg.model.name)
-        check_backend(cfg.devices.backend)
-        return
-    resolve_model(cfg.model.name)
-    if cfg.job == "mmupt":
-        from jobs.mmupt.loop import build_image_splits
-        build_image_splits(cfg)
-        return
-    from jobs.srt.loop import build_splits
-    build_splits(cfg)
+    from services.registry import lookup
+    lookup(cfg.job).check(cfg)
 
 
 def default_runs_base() -> Path:
@@ -53,7 +28,7 @@ def default_runs_base() -> Path:
 def cmd_run(args) -> int:
     from services.driver import run_job
     from services.run_store import new_run_dir
-    from services.storage import is_uri
+    from actors.storage import is_uri
     cfg = load_config(args.config, args.set or [])
     _check_inputs(cfg)
     run_dir = args.run_dir or str(new_run_dir(default_runs_base(), cfg.name))
@@ -67,7 +42,7 @@ def cmd_resume(args) -> int:
     import yaml
 
     from services.driver import open_store, run_job
-    from services.storage import is_uri
+    from actors.storage import is_uri
     if not is_uri(args.run_dir) and not (Path(args.run_dir) / "config.yaml").is_file():
         raise ConfigError(f"{args.run_dir} is not a run directory (no config.yaml)")
     config = open_store(args.run_dir, resume=True).root / "config.yaml"
@@ -152,12 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(fn=cmd_report)
     bench = sub.add_parser("bench", help="benchmarks; each prints a table and writes JSON")
     names = bench.add_subparsers(dest="name", required=True)
-    from services.bench import BENCHMARKS
-    for name, (help_text, add_args, run_fn) in BENCHMARKS.items():
-        b = names.add_parser(name, help=help_text, conflict_handler="resolve")
-        add_args(b)
+    from services.bench import benchmarks
+    for name, bench in benchmarks().items():
+        b = names.add_parser(name, help=bench.help, conflict_handler="resolve")
+        bench.add_args(b)
         b.add_argument("--out", default="bench-results", help="directory for the JSON result")
-        b.set_defaults(fn=cmd_bench, bench_run=run_fn)
+        b.set_defaults(fn=cmd_bench, bench_run=bench.run)
     sandbox = sub.add_parser("sandbox", help="isolated code execution")
     sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)
     ex = sandbox_sub.add_parser("exec", help="run one Python program in the sandbox; print JSON")

@@ -1,5 +1,6 @@
 """One run, start to end, on the Ray the config points at: open the run directory (local, shared
-mount or URI), join or start Ray, reserve the roles, run the job's loop, record events."""
+mount or URI), join or start Ray, reserve the job's roles, run it, record events. The job comes
+from the registry: nothing here knows a loop."""
 from __future__ import annotations
 
 import shutil
@@ -11,7 +12,8 @@ from services.config import ConfigError, dump_config
 def open_store(run_dir: str, resume: bool):
     """The run's ``RunStore``; a URI run directory gets a local mirror (pulled when resuming)."""
     from services.run_store import RunStore
-    from services.storage import RunMirror, is_uri, mirror_dir
+    from actors.storage import is_uri
+    from services.storage import RunMirror, mirror_dir
     if not is_uri(run_dir):
         return RunStore(Path(run_dir))
     local = mirror_dir(run_dir)
@@ -27,8 +29,9 @@ def open_store(run_dir: str, resume: bool):
 def run_job(cfg, run_dir: str, resume: bool) -> str:
     from services.controller import local_resources, start_ray
     from services.metrics import RayMetrics
-    from services.placement import Placement, alive_nodes, role_specs
+    from services.placement import Placement, alive_nodes
     from services.progress import StepProgress
+    from services.registry import RunContext, lookup
     from services.storage import check_shared, ray_probe
 
     store = open_store(run_dir, resume)
@@ -36,7 +39,8 @@ def run_job(cfg, run_dir: str, resume: bool) -> str:
         store.write_config(dump_config(cfg))
     progress = StepProgress()
     progress.note(f"run directory: {store.location}")
-    specs = role_specs(cfg)
+    job = lookup(cfg.job)
+    specs = job.roles(cfg)
     start_ray(cfg.ray, local_resources(specs))
     if not store.remote:
         check_shared(store.root.resolve(), alive_nodes(), ray_probe)
@@ -52,34 +56,8 @@ def run_job(cfg, run_dir: str, resume: bool) -> str:
 
     placement = Placement(store.name, specs, cfg.ray, on_event).reserve()
     try:
-        if cfg.job == "dgm":
-            from jobs.dgm.job import run_dgm
-            run_dgm(cfg, store, progress, metrics.export, placement)
-        elif cfg.job == "uigenie":
-            from jobs.uigenie.job import run_uigenie
-            run_uigenie(cfg, store, progress, metrics.export, resume, placement)
-        else:
-            run_srt(cfg, store, progress, metrics.export, resume, placement)
+        job.run(RunContext(cfg, store, progress, metrics.export, placement, resume))
     finally:
         store.flush_metrics()
         placement.release()
     return store.location
-
-
-def run_srt(cfg, store, progress, export, resume: bool, placement) -> None:
-    """SRT, and MM-UPT (the same loop on image questions)."""
-    from jobs.mmupt.loop import MMUPTLoop
-    from jobs.srt.loop import SRTLoop
-    from services.controller import start_roles
-    from services.report import demo_table
-    progress.note(f"starting {cfg.sampler.num_actors} sampler(s), a learner"
-                  + (f" and {cfg.sandbox.workers} sandbox grader(s)" if cfg.sandbox.workers else "")
-                  + f" for {cfg.model.name} …")
-    roles = start_roles(cfg, placement)
-    placement.report(store, progress)
-    loop = MMUPTLoop if cfg.job == "mmupt" else SRTLoop
-    loop(cfg, roles, store, progress, export).run(resume=resume)
-    try:
-        progress.console.print(demo_table(store.root))
-    except ValueError as e:
-        progress.note(f"(no table: {e})")

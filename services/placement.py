@@ -34,34 +34,16 @@ class RoleSpec:
         return {k: float(v) for k, v in d.items() if v}
 
 
-def _spec(role: str, count: int, section, restartable=False, grouped=False) -> RoleSpec:
+def role_spec(role: str, count: int, section, restartable=False, grouped=False) -> RoleSpec:
+    """A role whose per-actor resources are a config section's (``num_cpus``, ``num_gpus``, …)."""
     return RoleSpec(role, count, section.num_cpus, section.num_gpus, section.memory_gb,
                     dict(section.resources), restartable, grouped)
 
 
 def role_specs(cfg) -> list[RoleSpec]:
-    """Every role a job's config starts, with its per-actor resources."""
-    if cfg.job in ("srt", "mmupt"):
-        specs = [_spec("sampler", cfg.sampler.num_actors, cfg.sampler, restartable=True, grouped=True),
-                 _spec("learner", cfg.learner.workers, cfg.learner, grouped=True)]
-        if cfg.sandbox.workers:
-            specs.append(_spec("sandbox", cfg.sandbox.workers, cfg.sandbox, restartable=True))
-        return specs
-    if cfg.job == "dgm":
-        n = sum(r.backend == "sampler" for r in cfg.gateway.routes)
-        s = cfg.sandbox
-        return [_spec("sampler", n, cfg.sampler, grouped=True),
-                RoleSpec("gateway", 1, num_cpus=0),
-                RoleSpec("sandbox", cfg.loop.workers, cfg.loop.worker_num_cpus, resources=dict(s.resources),
-                         restartable=True)]
-    if cfg.job == "uigenie":
-        d = cfg.devices
-        return [_spec("sampler", 1, cfg.sampler, grouped=True),
-                RoleSpec("agent-learner", 1, cfg.agent.num_cpus),
-                RoleSpec("reward-model", 1, cfg.reward_model.num_cpus),
-                RoleSpec("device-pool", 1, num_cpus=0),
-                RoleSpec("devices", d.size, d.num_cpus, resources=dict(d.resources))]
-    raise ValueError(f"no roles known for job {cfg.job!r}")
+    """Every role a job's config starts, with its per-actor resources (the job says which)."""
+    from services.registry import lookup
+    return lookup(cfg.job).roles(cfg)
 
 
 def _fmt(resource: str, amount: float) -> str:

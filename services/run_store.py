@@ -1,4 +1,4 @@
-"""The run directory (ARCHITECTURE.md): config, metrics, samples, events, checkpoints.
+"""The run directory (docs/architecture.md): config, metrics, samples, events, checkpoints.
 
 Every file is written to a temporary name in its own directory and renamed into place, so a run
 stopped at any moment leaves each file either old or new, never half-written.

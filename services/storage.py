@@ -7,27 +7,15 @@ other nodes write their checkpoint parts straight to the URI (``write_dir``) and
 ``read_dir``. A path on a multi-node cluster must be visible on every node (``check_shared``)."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import tempfile
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
+
+from actors.storage import download_dir, filesystem_of
 
 POINTERS = ("checkpoints/latest", "checkpoints/best")
-
-
-def is_uri(location: str | os.PathLike) -> bool:
-    return "://" in str(location)
-
-
-def _fs(uri: str):
-    from pyarrow import fs
-    try:
-        return fs.FileSystem.from_uri(uri)
-    except Exception as e:       # unknown scheme, no credentials, malformed URI
-        raise ValueError(f"run directory {uri}: pyarrow cannot open it ({e})") from None
 
 
 def mirror_dir(uri: str) -> Path:
@@ -37,53 +25,13 @@ def mirror_dir(uri: str) -> Path:
     return base / f"{digest}-{uri.rstrip('/').rsplit('/', 1)[-1]}"
 
 
-def upload_dir(local: Path, uri: str) -> None:
-    from pyarrow import fs
-    filesystem, path = _fs(uri)
-    filesystem.create_dir(path, recursive=True)
-    fs.copy_files(str(local), path, source_filesystem=fs.LocalFileSystem(), destination_filesystem=filesystem)
-
-
-def download_dir(uri: str, local: Path) -> bool:
-    """Copy ``uri`` into ``local``; False when there is nothing at ``uri``."""
-    from pyarrow import fs
-    filesystem, path = _fs(uri)
-    if filesystem.get_file_info(path).type != fs.FileType.Directory:
-        return False
-    local.mkdir(parents=True, exist_ok=True)
-    fs.copy_files(path, str(local), source_filesystem=filesystem, destination_filesystem=fs.LocalFileSystem())
-    return True
-
-
-def write_dir(dest: str, write: Callable[[Path], None]) -> None:
-    """``write(dir)`` into ``dest``: a local directory, or a URI (written to a local temp, uploaded)."""
-    if not is_uri(dest):
-        write(Path(dest))
-        return
-    with tempfile.TemporaryDirectory(prefix="evoray-upload-") as tmp:
-        write(Path(tmp))
-        upload_dir(Path(tmp), dest)
-
-
-@contextlib.contextmanager
-def read_dir(src: str) -> Iterator[Path]:
-    """A local directory holding ``src``'s files for the duration of the block."""
-    if not is_uri(src):
-        yield Path(src)
-        return
-    with tempfile.TemporaryDirectory(prefix="evoray-download-") as tmp:
-        if not download_dir(src, Path(tmp)):
-            raise FileNotFoundError(f"{src}: no such checkpoint directory")
-        yield Path(tmp)
-
-
 class RunMirror:
     """Keeps a URI in step with the local mirror: uploads what changed, removes what was deleted
     locally (pruned checkpoints), and uploads pointer files last."""
 
     def __init__(self, local: Path, uri: str):
         self.local, self.uri = Path(local), uri.rstrip("/")
-        self.filesystem, self.path = _fs(self.uri)
+        self.filesystem, self.path = filesystem_of(self.uri)
         self._sent: dict[str, tuple[int, int]] = {}
 
     def exists(self) -> bool:

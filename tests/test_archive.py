@@ -1,4 +1,4 @@
-"""services.archive: the DGM archive file, lineage, and patches that git apply accepts."""
+"""jobs.dgm.archive: the DGM archive file, lineage, and patches that git apply accepts."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.dgm.selection import Candidate
-from services.archive import (ARCHIVE_SCHEMA, Archive, ArchiveRow, PatchError, apply_patch,
+from jobs.dgm.archive import (ARCHIVE_SCHEMA, Archive, ArchiveRow, PatchError, apply_patch,
                               make_patch)
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)

@@ -1,4 +1,4 @@
-"""services.bench_dgm: `evoray bench dgm-scheduler` with tiny settings, end to end on local Ray."""
+"""jobs.dgm.bench_scheduler: `evoray bench dgm-scheduler` with tiny settings, end to end on local Ray."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from services import bench_dgm
+from jobs.dgm import bench_scheduler as bench_dgm
 
 
 def test_durations_seeded_heavy_tailed_and_capped():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.bench_grpo import PRESETS, decode_roofline, n_params
+from jobs.srt.bench_grpo import PRESETS, decode_roofline, n_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

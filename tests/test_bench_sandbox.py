@@ -1,4 +1,4 @@
-"""services.bench_sandbox: `evoray bench sandbox` on a few problems, end to end."""
+"""jobs.dgm.bench_sandbox: `evoray bench sandbox` on a few problems, end to end."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from services import bench_sandbox
+from jobs.dgm import bench_sandbox
 
 
 def _args(tmp_path, *extra: str) -> argparse.Namespace:

@@ -251,6 +251,6 @@ def test_dgm_worker_killed_mid_attempt_is_reissued(cluster, tmp_path):
     assert proc.returncode == 0, out[-2000:] + err[-3000:]
     restarted = [e for e in events(run_dir) if e["event"] == "actor_restarted"]
     assert restarted and restarted[0]["role"] == "sandbox" and restarted[0]["attempt"] == 0
-    from services.archive import Archive
+    from jobs.dgm.archive import Archive
     rows = {r.agent_id: r for r in Archive.load(run_dir / "archive.parquet").rows}
     assert set(rows) == {"initial", "a0000"} and rows["a0000"].status == "admitted"   # run again, not lost

@@ -25,7 +25,8 @@ LAUNCHER_JOBS = ("srt", "dgm")      # the VM launcher has no KVM nodes for UI-Ge
 
 # What the loops export: every metric-key literal ("split/metric") in the code that logs them.
 METRIC_KEY = re.compile(r'"([a-z]+/[a-z_]+(?:@\d+)?)"')
-EXPORTED = {prometheus_name(key) for path in [*(ROOT / "jobs").rglob("*.py"), *(ROOT / "services").glob("*.py")]
+EXPORTED = {prometheus_name(key) for path in [*(ROOT / "jobs").rglob("*.py"), *(ROOT / "services").glob("*.py"),
+                                                 *(ROOT / "actors" / "weights").glob("*.py")]
             for key in METRIC_KEY.findall(path.read_text())}
 
 

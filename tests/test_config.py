@@ -1,12 +1,11 @@
-"""Unit tests for services/config.py."""
+"""Unit tests for the configs (services/config.py and each loop's config.py)."""
 from pathlib import Path
 
 import pytest
 import yaml
 
-from services.config import (
-    ConfigError, SRTConfig, apply_override, dump_config, load_config, parse_config,
-)
+from jobs.srt.config import SRTConfig
+from services.config import ConfigError, apply_override, dump_config, load_config, parse_config
 
 REPO = Path(__file__).resolve().parent.parent
 JOB_CONFIGS = sorted({*REPO.glob("jobs/configs/**/*.yaml"), *REPO.glob("jobs/configs/**/*.yml")})
@@ -194,9 +193,9 @@ def test_assignment_is_validated():
     None, marks=pytest.mark.skip(reason="no YAML files under jobs/configs/ yet (the glob is empty)"))],
     ids=lambda p: str(p.relative_to(REPO)) if p else "none")
 def test_shipped_configs_load(path):
-    from services.config import JOBS
+    from services.registry import lookup
     cfg = load_config(path)
-    assert isinstance(cfg, JOBS[cfg.job]) and path.stem.startswith(cfg.job)
+    assert isinstance(cfg, lookup(cfg.job).config) and path.stem.startswith(cfg.job)
 
 
 def test_dgm_config_errors_name_the_key(tmp_path):

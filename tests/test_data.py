@@ -1,4 +1,4 @@
-"""Unit tests for jobs/data.py."""
+"""Unit tests for jobs/srt/data.py."""
 import json
 import re
 
@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.data import LEVELS, arithmetic_tasks, load_tasks
+from jobs.srt.data import LEVELS, arithmetic_tasks, load_tasks
 
 FRACTIONS = {"train": 0.6, "val": 0.1, "heldout": 0.3}
 TEMPLATE = "What is {question}? Answer with just the number."

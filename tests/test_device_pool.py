@@ -97,7 +97,7 @@ def test_device_actor_fences_calls_and_remembers_crashes(tmp_path):
         actor.call("nobody", "tap", 1, 2)
     actor.grant("L1")
     actor.call("L1", "tap", 1, 2)
-    assert actor.observe("L1").current_app == "launcher"
+    assert actor.observe("L1").app == "launcher"
     with pytest.raises(ValueError, match="restart"):
         actor.call("L1", "restart")
     with pytest.raises(DeviceError) as step_error:   # a step error: the device stays fine
@@ -264,7 +264,7 @@ def test_simulated_devices_crash_restart_and_retry(ray_local, request):
 
         first, last = run_with_device(pool, "sim-rollout", task, retries=2)
         assert first.png.startswith(b"\x89PNG") and "<hierarchy" in first.xml
-        assert last.current_app == "launcher" and "#" in last.screen_id
+        assert last.app == "launcher" and "#" in last.screen_id
         s = wait_for(lambda: (s := stats(pool))["free"] == 2 and s, what="devices back")
         # attempt 1 crashes; attempt 2 crashes too unless it got the restarted device
         assert len(attempts) in (2, 3) and s["crashes"] == s["restarts"] == len(attempts) - 1

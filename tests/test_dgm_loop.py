@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from services.archive import Archive
+from jobs.dgm.archive import Archive
 
 REPO = Path(__file__).resolve().parents[1]
 ADD = "```python\n# file: solution.py\ndef add(x: int, y: int):\n    return x + y\n```"

@@ -100,7 +100,7 @@ def test_errors():
 
 def test_budget_left_names_the_spent_budget():
     from jobs.dgm.loop import budget_left
-    from services.config import GatewayConfig
+    from jobs.dgm.config import GatewayConfig
     cfg = GatewayConfig(max_tokens=1000, max_cost_usd=0.5)
     assert budget_left(cfg, {"prompt_tokens": 600, "completion_tokens": 399, "cost_usd": 0.49}) is None
     assert "token budget spent (1000 of 1000)" in budget_left(cfg, {"prompt_tokens": 600, "completion_tokens": 400})

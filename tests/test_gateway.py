@@ -1,4 +1,4 @@
-"""Tests for services/gateway.py and the sandbox's stdlib client (jobs/dgm/seed_agent/llm_client.py).
+"""Tests for jobs/dgm/gateway.py and the sandbox's stdlib client (jobs/dgm/seed_agent/llm_client.py).
 
 No Ray and no real model: the backends are recorded replies, a fake OpenAI upstream served from
 the test, and small fake samplers; one test runs the real ``Sampler.chat`` on the tiny test model.
@@ -21,7 +21,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from services.gateway import BACKENDS, Gateway, GatewayConfig, ModelRoute, apply_stop
+from jobs.dgm.gateway import BACKENDS, Gateway, GatewayConfig, ModelRoute, apply_stop
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "sk-test-SECRET-0123456789"
@@ -476,7 +476,7 @@ def test_concurrent_sampler_requests_are_batched():
 
 
 def test_optional_route_without_key_is_left_out(monkeypatch):
-    from services.gateway import active_routes
+    from jobs.dgm.gateway import active_routes
     cfg = GatewayConfig(routes=[
         ModelRoute(name="ext", backend="openai", api_key_env="EVORAY_TEST_KEY", optional=True),
         ModelRoute(name="local", backend="sampler")], default_model="ext")
@@ -502,7 +502,7 @@ def test_restored_usage_counts_against_the_budget():
 
 def test_relay_carries_requests_from_a_unix_socket_to_the_tcp_gateway(tmp_path, monkeypatch):
     """What a sandbox on any node does: speak HTTP to the relay's Unix socket."""
-    from services.gateway_relay import SocketRelay
+    from jobs.dgm.gateway_relay import SocketRelay
     from urllib.parse import urlsplit
     gw = Gateway(GatewayConfig(routes=[ModelRoute(name="m", backend="sampler")]), None,
                  {"m": FakeSampler(text="via relay")})

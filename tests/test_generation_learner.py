@@ -12,7 +12,7 @@ from actors.generation import generate_groups, left_pad
 from actors.learner import Learner, LearnerSettings, Sample, completion_logprobs, sequence_logprobs
 from actors.model_loading import load_causal_lm
 from actors.sampler import Completion, Sampler, SamplerSettings, SamplingParams
-from actors.weight_sync import PackedWeights
+from actors.weights.pack import PackedWeights
 
 # several "EOS" ids so that with a random model about one token in eight ends a completion and both
 # finished and unfinished completions occur
@@ -406,14 +406,13 @@ def test_export_weights_casts_to_sync_dtype(tiny_lm):
 
 
 def test_trainable_layers_freezes_everything_below(tiny_lm, prompts):
-    from dataclasses import replace
-    learner = Learner(replace(settings(tiny_lm), trainable_layers=1, lr=1e-2))
+    learner = Learner(settings(tiny_lm).model_copy(update={"trainable_layers": 1, "lr": 1e-2}))
     before = {k: v.clone() for k, v in learner.model.state_dict().items()}
     learner.train_step(fixed_samples(prompts))
     after = learner.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith(("model.layers.1.", "model.norm.")) for k in changed), changed
-    deep = Learner(replace(settings(tiny_lm), trainable_layers=5))    # more than its 2 layers: all
+    deep = Learner(settings(tiny_lm).model_copy(update={"trainable_layers": 5}))    # more than its 2 layers: all
     assert all(p.requires_grad for p in deep.model.parameters())
 
 

@@ -1,4 +1,4 @@
-"""SRT's grading as one function (``jobs.rewards.grade_groups``), the same file run as a program
+"""SRT's grading as one function (``jobs.srt.rewards.grade_groups``), the same file run as a program
 by the system Python, and inside the real bubblewrap sandbox by the ``sandbox`` role's actor."""
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import jobs.rewards
-from actors.sandbox.grader import AnswerGrader
+import jobs.srt.rewards
+from jobs.srt.grader import AnswerGrader
 from actors.sandbox.types import SandboxError
-from jobs.rewards import grade_groups
+from jobs.srt.rewards import grade_groups
 
 REWARD = {"kind": "majority_vote", "extraction": "boxed_or_last_number", "require_finished": True,
           "equivalence": "exact", "soft": False, "threshold": 0.0}
@@ -38,8 +38,8 @@ def test_labels_replace_the_votes_rewards():
 
 
 def test_the_file_is_a_stdlib_program():
-    """What the sandbox runs: jobs/rewards.py under the system Python, JSON in and out."""
-    out = subprocess.run(["/usr/bin/python3", jobs.rewards.__file__], input=json.dumps({"groups": GROUPS, "reward": REWARD}),
+    """What the sandbox runs: jobs/srt/rewards.py under the system Python, JSON in and out."""
+    out = subprocess.run(["/usr/bin/python3", jobs.srt.rewards.__file__], input=json.dumps({"groups": GROUPS, "reward": REWARD}),
                          capture_output=True, text=True, timeout=60, env={}, cwd="/")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == grade_groups(GROUPS, REWARD)

@@ -7,7 +7,7 @@ import ray
 import torch
 
 from actors.learner import Learner, LearnerSettings, Sample
-from actors.weight_sync import unpack_views
+from actors.weights.pack import unpack_views
 from services.config import ConfigError, parse_config
 
 

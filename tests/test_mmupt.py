@@ -13,7 +13,7 @@ from jobs.mmupt.data import load_image_tasks, shape_tasks
 from jobs.mmupt.loop import SYNTHETIC, MMUPTLoop, build_image_splits
 from jobs.mmupt.synthesis import (Candidate, judge_answerable, parse_question, screen, similarity,
                                   synthesis_prompt)
-from jobs.rewards import exact_equal
+from jobs.srt.rewards import exact_equal
 from services.config import ConfigError, parse_config
 from services.progress import StepProgress
 from services.run_store import RunStore

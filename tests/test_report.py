@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from services.report import demo_table, write_report
+from jobs.srt.report import demo_table
+from services.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

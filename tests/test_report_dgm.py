@@ -1,10 +1,10 @@
-"""services.report_dgm: lineage and progress plots and the markdown section of a DGM run."""
+"""jobs.dgm.report: lineage and progress plots and the markdown section of a DGM run."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from services.archive import Archive, ArchiveRow
-from services.report_dgm import (LINEAGE_PNG, PROGRESS_PNG, progress_series, tree_layout,
+from jobs.dgm.archive import Archive, ArchiveRow
+from jobs.dgm.report import (LINEAGE_PNG, PROGRESS_PNG, progress_series, tree_layout,
                                  write_dgm_report)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

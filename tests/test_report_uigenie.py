@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from services.report_uigenie import by_generation, uigenie_markdown, write_uigenie_report
+from jobs.uigenie.report import by_generation, uigenie_markdown, write_uigenie_report
 
 T0 = datetime(2026, 11, 25, tzinfo=timezone.utc)
 

@@ -1,7 +1,7 @@
-"""Unit tests for jobs/rewards.py; expected values are worked out by hand."""
+"""Unit tests for jobs/srt/rewards.py; expected values are worked out by hand."""
 import pytest
 
-from jobs.rewards import (
+from jobs.srt.rewards import (
     EQUIVALENCES, Vote, exact_equal, extract_answer, ground_truth_rewards, last_boxed,
     majority_vote, math_equal, normalize_number,
 )

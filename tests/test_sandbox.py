@@ -237,9 +237,9 @@ def test_the_gateway_socket_is_the_only_way_out(backend, request):
     nothing else; the token, not the mount, is what authorises a request."""
     from urllib.parse import urlsplit
 
-    from services.config import GatewayConfig, ModelRoute
-    from services.gateway import Gateway
-    from services.gateway_relay import SocketRelay
+    from jobs.dgm.config import GatewayConfig, ModelRoute
+    from jobs.dgm.gateway import Gateway
+    from jobs.dgm.gateway_relay import SocketRelay
     if backend == "docker":
         request.getfixturevalue("docker_engine")
 

@@ -12,7 +12,7 @@ from PIL import Image
 from actors.emulator.device import Device, DeviceCrashed, DeviceError
 from actors.emulator.simulated import TEMPLATES, SimulatedDevice, reference_actions, task_suite
 from actors.emulator.uitree import compact_text, element_at, find, parse_hierarchy
-from jobs.uigenie.actions import Action, swipe_vector
+from actors.emulator.actions import Action, swipe_vector
 
 ATTRS = ["index", "text", "resource-id", "class", "package", "content-desc", "checkable", "checked",
          "clickable", "enabled", "focusable", "focused", "scrollable", "long-clickable", "password",

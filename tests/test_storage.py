@@ -12,7 +12,8 @@ import pytest
 
 from services.config import ConfigError
 from services.driver import open_store
-from services.storage import RunMirror, check_shared, read_dir, write_dir
+from actors.storage import read_dir, write_dir
+from services.storage import RunMirror, check_shared
 
 ROOT = Path(__file__).resolve().parents[1]
 

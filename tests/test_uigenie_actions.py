@@ -1,7 +1,7 @@
-"""Unit tests for jobs/uigenie/actions.py; expected values are worked out by hand."""
+"""Unit tests for actors/emulator/actions.py; expected values are worked out by hand."""
 import pytest
 
-from jobs.uigenie.actions import (
+from actors.emulator.actions import (
     Action, ActionError, click_matches, parse_action, scale_to_device, scale_to_model, swipe_vector,
 )
 

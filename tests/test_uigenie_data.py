@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 
-from jobs.uigenie.actions import Action
+from actors.emulator.actions import Action
 from jobs.uigenie.data import (
     ScreenBook, agent_rows, failure_rows, rollout_record, step_texts, success_rows, verified_rows,
     write_parquet)

@@ -3,9 +3,10 @@ import random
 
 import pytest
 
-from jobs.uigenie.actions import Action
+from actors.emulator.actions import Action
+from actors.reward_model.model import f1
 from jobs.uigenie.rm_data import (
-    DONE, RMExample, Step, Trajectory, cross_task_substitution, early_truncation, f1, hard_negatives,
+    DONE, RMExample, Step, Trajectory, cross_task_substitution, early_truncation, hard_negatives,
     history, normalize_text, redundant_continuation, step_labels, verify_action,
 )
 

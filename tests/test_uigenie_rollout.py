@@ -9,7 +9,7 @@ import pytest
 from actors.emulator.device import DeviceCrashed
 from actors.emulator.simulated import SimulatedDevice, reference_actions, setup, task_suite
 from actors.sampler import Completion
-from jobs.uigenie.actions import Action
+from actors.emulator.actions import Action
 from jobs.uigenie.policy import INSTRUCTIONS, target_completion
 from jobs.uigenie.rollout import DeviceRunner, EpisodeOps, Policy, run_episodes
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from actors.sampler import SamplingParams, VLLMBackend, SamplerSettings
-from actors.weight_sync import pack_state
+from actors.weights.pack import pack_state
 
 
 @dataclass
@@ -71,7 +71,7 @@ def test_engine_arguments_and_outputs(fake_vllm):
     backend = VLLMBackend(SamplerSettings(model=str(fake_vllm), backend="vllm", dtype="bfloat16",
                                           tensor_parallel_size=2, gpu_memory_utilization=0.4))
     assert backend.llm.kwargs["tensor_parallel_size"] == 2
-    assert backend.llm.kwargs["worker_extension_cls"] == "actors.vllm_worker.WeightUpdateExtension"
+    assert backend.llm.kwargs["worker_extension_cls"] == "actors.weights.vllm_worker.WeightUpdateExtension"
     out = backend.generate([[1, 2, 3], [4]], SamplingParams(n=2, temperature=0.7, max_new_tokens=2, seed=3))
     _, prompts, params = backend.llm.calls[0]
     assert prompts == [{"prompt_token_ids": [1, 2, 3]}, {"prompt_token_ids": [4]}]
@@ -90,7 +90,7 @@ def test_weight_update_goes_to_workers_then_resets_cache(fake_vllm):
 
 
 def test_worker_extension_loads_views_on_its_device():
-    from actors.vllm_worker import WeightUpdateExtension
+    from actors.weights.vllm_worker import WeightUpdateExtension
 
     received = {}
 
@@ -135,8 +135,9 @@ def test_worker_extension_receives_a_broadcast_into_load_weights():
     import socket
     import threading
 
-    from actors.vllm_worker import WeightUpdateExtension
-    from actors.weight_broadcast import BroadcastGroup, weight_spec
+    from actors.weights.vllm_worker import WeightUpdateExtension
+    from actors.weights.broadcast import BroadcastGroup
+    from actors.weights.layout import weight_spec
     tensors = [("a", torch.arange(6.0).reshape(2, 3)), ("b", torch.ones(4, dtype=torch.bfloat16))]
     spec = weight_spec(tensors)
     with socket.socket() as sock:

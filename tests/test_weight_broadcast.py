@@ -8,9 +8,9 @@ import torch
 
 from actors.learner import Learner, LearnerSettings, Sample
 from actors.sampler import Sampler, SamplerSettings
-from actors.weight_broadcast import bucket_size, plan_buckets, weight_spec
+from actors.weights.layout import bucket_size, plan_buckets, weight_spec
 from services.config import ConfigError, parse_config
-from services.controller import Roles
+from actors.weights.sync import WeightSync
 
 
 def test_bucket_plan_by_hand():
@@ -41,10 +41,10 @@ def test_samplers_get_the_learners_weights_and_survive_a_lost_sampler(tiny_lm, r
     samplers = [ray.remote(Sampler).options(num_cpus=0.25, max_restarts=1, max_task_retries=0).remote(
         SamplerSettings(tiny_lm, threads=1)) for _ in range(2)]
     events = []
-    roles = Roles(samplers, learner, on_event=lambda kind, **f: events.append(kind),
-                  transport="broadcast", bucket_mb=0.004, restart_timeout_s=60)   # 4 KB buckets: many
+    sync = WeightSync(learner, samplers, on_event=lambda kind, **f: events.append(kind),
+                      transport="broadcast", bucket_mb=0.004, restart_timeout_s=60)   # 4 KB buckets: many
     ray.get(learner.train_step.remote([Sample([3, 4, 5], [6, 7, 1], 1.0), Sample([3, 4, 5], [8, 1], -1.0)]))
-    stats = roles.sync_weights()
+    stats = sync.sync()
     assert stats["sync/version"] == 1.0 and ray.get([s.policy_version.remote() for s in samplers]) == [1, 1]
     cast = (lambda t: t.to(torch.bfloat16).float()) if sync_dtype else (lambda t: t)
     want = {k: cast(v) for k, v in learner_state(learner).items()}
@@ -56,7 +56,7 @@ def test_samplers_get_the_learners_weights_and_survive_a_lost_sampler(tiny_lm, r
 
     ray.kill(samplers[1], no_restart=False)          # lost: restarted with the checkpoint's weights
     ray.get(learner.train_step.remote([Sample([3, 4], [9, 1], 1.0), Sample([3, 4], [5, 1], -1.0)]))
-    stats = roles.sync_weights()
+    stats = sync.sync()
     assert stats["sync/version"] == 2.0 and "weight_group_reformed" in events
     want = {k: cast(v) for k, v in learner_state(learner).items()}
     for s in samplers:

@@ -1,4 +1,4 @@
-"""CUDA IPC from the learner to samplers on its GPU (``actors/weight_ipc.py``): the controller's
+"""CUDA IPC from the learner to samplers on its GPU (``actors/weights/ipc.py``): the controller's
 routing (samplers that cannot map the buffer get the object-store copy) with stand-in actors, the
 config rules, and — on a GPU — a buffer shared with another process for real."""
 from __future__ import annotations
@@ -7,10 +7,11 @@ import pytest
 import ray
 import torch
 
-from actors.weight_ipc import SharedWeights
-from actors.weight_sync import pack_state
+from actors.weights.ipc import SharedWeights
+from actors.weights.pack import pack_state
 from services.config import ConfigError, parse_config
-from services.controller import Roles, weight_transport
+from actors.weights.sync import WeightSync
+from jobs.srt.roles import weight_transport
 
 
 def test_samplers_off_the_learners_gpu_get_the_object_store_copy(ray_local):
@@ -40,7 +41,7 @@ def test_samplers_off_the_learners_gpu_get_the_object_store_copy(ray_local):
 
     learner = ray.remote(StandInLearner).options(num_cpus=0).remote()
     samplers = [ray.remote(StandInSampler).options(num_cpus=0).remote(flag) for flag in (True, False)]
-    stats = Roles(samplers, learner, transport="ipc").sync_weights()
+    stats = WeightSync(learner, samplers, transport="ipc").sync()
     assert stats["sync/version"] == 3.0 and stats["sync/mb"] == 8e-6
     assert ray.get([s.log.remote() for s in samplers]) == [[("ipc", 3)], [("ipc", 3), ("object_store", 3)]]
 
@@ -63,7 +64,7 @@ def test_ipc_needs_a_colocated_gpu_learner():
 
 def _read_shared(shared, out):
     """In another process: map the learner's buffer, send back what is in it."""
-    from actors.weight_ipc import open_shared
+    from actors.weights.ipc import open_shared
     pairs = open_shared(shared)
     out.put({name: view.cpu().clone() for name, view in pairs})
     torch.cuda.synchronize()
@@ -73,8 +74,8 @@ def _read_shared(shared, out):
 def test_another_process_reads_the_shared_buffer_on_the_gpu():
     import torch.multiprocessing as mp
 
-    from actors.weight_broadcast import weight_spec
-    from actors.weight_ipc import pack_on_device, share
+    from actors.weights.layout import weight_spec
+    from actors.weights.ipc import pack_on_device, share
     tensors = [("a", torch.randn(3, 5, device="cuda")), ("b", torch.randn(7, device="cuda"))]
     spec = weight_spec(tensors, torch.bfloat16)
     buffer = pack_on_device([t for _, t in tensors], spec, torch.device("cuda"))

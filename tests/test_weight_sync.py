@@ -1,4 +1,4 @@
-"""actors/weight_sync.py: one contiguous byte buffer + an index, views out, in-place loads."""
+"""actors/weights/pack.py: one contiguous byte buffer + an index, views out, in-place loads."""
 from __future__ import annotations
 
 import warnings
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from actors.weight_sync import PackedWeights, load_packed, pack_state, unpack_views
+from actors.weights.pack import PackedWeights, load_packed, pack_state, unpack_views
 
 
 def mixed_tensors() -> dict[str, torch.Tensor]:
@@ -126,7 +126,7 @@ def test_read_only_buffer_still_loads(how):
     else:
         buffer = np.frombuffer(packed.buffer.tobytes(), dtype=np.uint8)
     assert not buffer.flags.writeable
-    ro = PackedWeights(packed.version, buffer, packed.index)
+    ro = PackedWeights(packed.version, buffer, packed.spec)
     with warnings.catch_warnings():
         warnings.simplefilter("error")             # and without the non-writable-array warning
         assert load_packed(dst, ro) == ro.nbytes

@@ -9,7 +9,8 @@ import threading
 from typing import Any, Callable, Iterator, TypeVar
 
 from actors.emulator.device import DeviceCrashed
-from actors.emulator.pool import DeviceActorDied, Lease, LeaseLost, Observation, PoolTimeout, TaskFailed
+from actors.emulator.observation import Observation
+from actors.emulator.pool import DeviceActorDied, Lease, LeaseLost, PoolTimeout, TaskFailed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

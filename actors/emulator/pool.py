@@ -15,10 +15,11 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple, TypeVar
+from typing import Any, Callable, TypeVar
 
 from actors.emulator.device import DeviceCrashed
 from actors.emulator.factory import DeviceSpec, make_device
+from actors.emulator.observation import Observation, observe
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,13 +42,6 @@ class DeviceActorDied(DeviceCrashed):
 
 class TaskFailed(RuntimeError):
     """``run_with_device`` gave up: the device crashed on every attempt."""
-
-
-class Observation(NamedTuple):
-    png: bytes
-    xml: str
-    current_app: str
-    screen_id: str | None = None   # set by backends that know their screen (simulated)
 
 
 @dataclass
@@ -131,9 +125,7 @@ class DeviceActor:
         return value(*args, **kwargs) if callable(value) else value
 
     def _observe(self) -> Observation:
-        d, screen_id = self.device, getattr(self.device, "screen_id", None)
-        return Observation(d.screenshot(), d.dump_hierarchy(), d.current_app(),
-                           screen_id() if callable(screen_id) else screen_id)
+        return observe(self.device)
 
     def _run(self, lease_id: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if lease_id is None or lease_id != self.lease_id:

@@ -27,7 +27,19 @@ from typing import Sequence, Union
 import torch
 from torch import nn
 
-from jobs.uigenie.rm_data import MAX_HISTORY, f1
+MAX_HISTORY = 5          # earlier screens the RM sees (the paper: up to 5)
+
+
+def f1(preds: Sequence[int], labels: Sequence[int]) -> float:
+    """F1 of the positive class: 2·TP / (2·TP + FP + FN); 0.0 when there is no TP (as sklearn)."""
+    if len(preds) != len(labels):
+        raise ValueError(f"{len(preds)} predictions but {len(labels)} labels")
+    tp = sum(1 for p, y in zip(preds, labels) if p == 1 and y == 1)
+    fp = sum(1 for p, y in zip(preds, labels) if p == 1 and y != 1)
+    fn = sum(1 for p, y in zip(preds, labels) if p != 1 and y == 1)
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
 
 QUESTION = "Question: Is this action correct for the goal? Answer yes or no."
 FEATURE_SETTINGS = ("model", "max_tokens", "max_screen_chars")   # change the features, not the head
@@ -267,7 +279,7 @@ class RewardModel:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write head + normaliser (safetensors) and settings (json) into a temp dir next to
         ``directory``, then rename it into place. The backbone is referenced by name only."""
-        from services.storage import is_uri, write_dir
+        from actors.storage import is_uri, write_dir
         if is_uri(directory):          # a run directory on s3:// etc.: written locally, uploaded
             write_dir(str(directory), self._write_files)
             return directory
@@ -292,7 +304,7 @@ class RewardModel:
         """Load a saved head into this model (its backbone and feature cache are kept; its settings
         take the saved head_hidden). The saved feature settings (model, max_tokens,
         max_screen_chars) must equal this model's: the head was trained on those features."""
-        from services.storage import read_dir
+        from actors.storage import read_dir
         with read_dir(str(directory)) as local:
             self._load_files(local)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from actors.sandbox import ExecRequest, SandboxLimits
 from jobs.dgm.tasks import CodeTask, read_tree, score_task
-from services.archive import PatchError, apply_patch, make_patch
+from jobs.dgm.archive import PatchError, apply_patch, make_patch
 
 AGENT_ENTRY = "coding_agent.py"
 SANDBOX_GATEWAY = "unix:///run/evoray/gateway.sock"

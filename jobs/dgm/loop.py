@@ -25,10 +25,10 @@ from pathlib import Path
 from actors.sandbox import SandboxLimits
 from jobs.dgm.attempt import AgentSettings, AttemptResult, AttemptSpec, TaskOutcome, pick_failure
 from jobs.dgm.scheduler import REISSUE, AttemptScheduler
-from services.controller import describe, wait_for_restart
+from actors.calls import describe, wait_for_restart
 from jobs.dgm.selection import select_parents
 from jobs.dgm.tasks import CodeTask, humaneval_tasks, read_tree, repo_tasks
-from services.archive import Archive, ArchiveRow
+from jobs.dgm.archive import Archive, ArchiveRow
 from services.run_store import RunStore, atomic_write_text
 
 SEED_AGENT = Path(__file__).parent / "seed_agent"

@@ -1,7 +1,7 @@
 """Scheduling DGM self-improvement attempts on Ray.
 
 The reference DGM runs each generation as a batch and waits for its slowest attempt before the
-next generation starts (PAPERS.md: task timeouts up to 9 h), so most slots idle most of the time.
+next generation starts (its task timeouts go up to 9 h), so most slots idle most of the time.
 ``mode="async"`` keeps every slot busy instead: as soon as one attempt finishes, its result goes
 into the archive (``on_done``) and the next attempt is launched, choosing its parent from the
 archive as it is at that moment. ``mode="generation"`` keeps the paper's barrier for comparison.

@@ -1,9 +1,10 @@
-"""DGM parent selection (PAPERS.md, "Darwin Gödel Machine"): which archive agents get to be
+"""DGM parent selection (the DGM paper, arXiv 2505.22954): which archive agents get to be
 parents of the next self-improvement attempts.
 
-Pure functions: no Ray, no I/O. Each method is one registered function
-``(candidates, k, rng, lam, alpha0) -> list[agent_id]``; :func:`select_parents` dispatches by name
-and :func:`selection_probabilities` gives the per-draw probabilities (tests, the report).
+Pure functions: no Ray, no I/O. Each method is one registered weights function
+``(candidates, lam, alpha0) -> [wᵢ]`` (plus its own pick where it is not k draws with replacement);
+:func:`select_parents` dispatches by name and :func:`selection_probabilities` gives the per-draw
+probabilities (tests, the report) from the same table.
 
 Notation: accᵢ is candidate i's score, nᵢ the number of children it already has in the archive,
 λ (``lam``) the sigmoid's steepness, α₀ (``alpha0``) its midpoint.
@@ -13,10 +14,19 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
-SelectionFn = Callable[[list["Candidate"], int, random.Random, float, float], list[str]]
-PARENT_SELECTION: dict[str, SelectionFn] = {}
+WeightsFn = Callable[[list["Candidate"], float, float], list[float]]       # (cands, λ, α₀) → wᵢ
+PickFn = Callable[[list["Candidate"], int, random.Random, float, float], list[str]]
+
+
+@dataclass(frozen=True)
+class Selection:
+    weights: WeightsFn                 # one draw's weights wᵢ; pᵢ = wᵢ / Σⱼ wⱼ
+    pick: Optional[PickFn] = None      # k parents; None: k draws with replacement from pᵢ
+
+
+PARENT_SELECTION: dict[str, Selection] = {}
 
 
 @dataclass(frozen=True)
@@ -27,10 +37,12 @@ class Candidate:
     children: int
 
 
-def register_selection(name: str) -> Callable[[SelectionFn], SelectionFn]:
-    def deco(fn: SelectionFn) -> SelectionFn:
-        PARENT_SELECTION[name] = fn
-        return fn
+def register_selection(name: str, pick: Optional[PickFn] = None) -> Callable[[WeightsFn], WeightsFn]:
+    """Register a method by its per-draw weights (and its own ``pick`` when it is not k draws
+    with replacement)."""
+    def deco(weights: WeightsFn) -> WeightsFn:
+        PARENT_SELECTION[name] = Selection(weights, pick)
+        return weights
     return deco
 
 
@@ -45,17 +57,23 @@ def sigmoid_score(acc: float, lam: float = 10.0, alpha0: float = 0.5) -> float:
     return e / (1.0 + e)
 
 
-def _score_child_weights(cands: list[Candidate], lam: float, alpha0: float) -> list[float]:
-    """wᵢ = sᵢ·hᵢ with hᵢ = 1 / (1 + nᵢ)."""
+@register_selection("score_child_prop")
+def score_child_weights(cands: list[Candidate], lam: float, alpha0: float) -> list[float]:
+    """The DGM default: wᵢ = sᵢ·hᵢ, sᵢ = 1/(1+exp(−λ(accᵢ−α₀))), hᵢ = 1/(1+nᵢ); with replacement.
+
+    hᵢ spreads attempts over the archive instead of piling them on the current best."""
     return [sigmoid_score(c.score, lam, alpha0) / (1.0 + max(0, c.children)) for c in cands]
 
 
-def _score_weights(cands: list[Candidate], lam: float, alpha0: float) -> list[float]:
-    """wᵢ = sᵢ."""
+@register_selection("score_prop")
+def score_weights(cands: list[Candidate], lam: float, alpha0: float) -> list[float]:
+    """wᵢ = sᵢ = 1/(1+exp(−λ(accᵢ−α₀))); with replacement."""
     return [sigmoid_score(c.score, lam, alpha0) for c in cands]
 
 
-def _uniform_weights(cands: list[Candidate], lam: float, alpha0: float) -> list[float]:
+@register_selection("random")
+def uniform_weights(cands: list[Candidate], lam: float, alpha0: float) -> list[float]:
+    """wᵢ = 1; with replacement."""
     return [1.0] * len(cands)
 
 
@@ -64,7 +82,16 @@ def _best_order(cands: list[Candidate]) -> list[Candidate]:
     return sorted(cands, key=lambda c: (-_finite(c.score), c.agent_id))
 
 
-def _best_weights(cands: list[Candidate], lam: float, alpha0: float) -> list[float]:
+def _best_pick(cands: list[Candidate], k: int, rng: random.Random, lam: float, alpha0: float) -> list[str]:
+    """The k highest scores (ties by agent_id); when k > N the ranking repeats from the best.
+
+    Deterministic: ``rng`` is unused. (The reference's ``best`` sorts ascending; this one does not.)"""
+    order = _best_order(cands)
+    return [order[i % len(order)].agent_id for i in range(k)]
+
+
+@register_selection("best", pick=_best_pick)
+def best_weights(cands: list[Candidate], lam: float, alpha0: float) -> list[float]:
     """The first pick of ``best`` is always the top-ranked agent."""
     top = _best_order(cands)[0].agent_id
     return [1.0 if c.agent_id == top else 0.0 for c in cands]
@@ -90,46 +117,6 @@ def _draw(cands: list[Candidate], weights: list[float], k: int, rng: random.Rand
     return rng.choices([c.agent_id for c in cands], weights=p, k=k)
 
 
-# --- methods -------------------------------------------------------------------------------------
-
-@register_selection("score_child_prop")
-def score_child_prop(cands: list[Candidate], k: int, rng: random.Random, lam: float,
-                     alpha0: float) -> list[str]:
-    """The DGM default: pᵢ ∝ sᵢ·hᵢ, sᵢ = 1/(1+exp(−λ(accᵢ−α₀))), hᵢ = 1/(1+nᵢ); with replacement.
-
-    hᵢ spreads attempts over the archive instead of piling them on the current best."""
-    return _draw(cands, _score_child_weights(cands, lam, alpha0), k, rng)
-
-
-@register_selection("score_prop")
-def score_prop(cands: list[Candidate], k: int, rng: random.Random, lam: float,
-               alpha0: float) -> list[str]:
-    """pᵢ ∝ sᵢ = 1/(1+exp(−λ(accᵢ−α₀))); with replacement."""
-    return _draw(cands, _score_weights(cands, lam, alpha0), k, rng)
-
-
-@register_selection("random")
-def uniform(cands: list[Candidate], k: int, rng: random.Random, lam: float,
-            alpha0: float) -> list[str]:
-    """pᵢ = 1/N; with replacement."""
-    return _draw(cands, _uniform_weights(cands, lam, alpha0), k, rng)
-
-
-@register_selection("best")
-def best(cands: list[Candidate], k: int, rng: random.Random, lam: float,
-         alpha0: float) -> list[str]:
-    """The k highest scores (ties by agent_id); when k > N the ranking repeats from the best.
-
-    Deterministic: ``rng`` is unused. (The reference's ``best`` sorts ascending; this one does not.)"""
-    order = _best_order(cands)
-    return [order[i % len(order)].agent_id for i in range(k)]
-
-
-_WEIGHTS: dict[str, Callable[[list[Candidate], float, float], list[float]]] = {
-    "score_child_prop": _score_child_weights, "score_prop": _score_weights,
-    "random": _uniform_weights, "best": _best_weights}
-
-
 # --- entry points --------------------------------------------------------------------------------
 
 def _check(candidates: list[Candidate], method: str) -> None:
@@ -146,7 +133,10 @@ def select_parents(candidates: list[Candidate], k: int, method: str, rng: random
     _check(candidates, method)
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
-    return PARENT_SELECTION[method](list(candidates), k, rng, lam, alpha0)
+    selection, cands = PARENT_SELECTION[method], list(candidates)
+    if selection.pick is not None:
+        return selection.pick(cands, k, rng, lam, alpha0)
+    return _draw(cands, selection.weights(cands, lam, alpha0), k, rng)
 
 
 def selection_probabilities(candidates: list[Candidate], method: str, lam: float = 10.0,
@@ -154,5 +144,5 @@ def selection_probabilities(candidates: list[Candidate], method: str, lam: float
     """Probability that one draw picks each agent (for ``best``: the first pick, i.e. 1 for the
     top-ranked agent, 0 for the rest)."""
     _check(candidates, method)
-    p = _normalise(_WEIGHTS[method](list(candidates), lam, alpha0))
+    p = _normalise(PARENT_SELECTION[method].weights(list(candidates), lam, alpha0))
     return {c.agent_id: pi for c, pi in zip(candidates, p)}

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from actors.sandbox import make_sandbox
 from jobs.dgm.attempt import AgentSettings, AttemptResult, AttemptSpec, TaskOutcome, evaluate, run_attempt
 from jobs.dgm.tasks import CodeTask
-from services.gateway_relay import SocketRelay
+from jobs.dgm.gateway_relay import SocketRelay
 
 
 class AttemptWorker:

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from actors.sampler import SamplingParams
 from jobs.mmupt.data import load_image_tasks, shape_tasks
 from jobs.mmupt.synthesis import Candidate, judge_answerable, screen, synthesis_prompt
-from jobs.rewards import majority_vote
+from jobs.srt.rewards import majority_vote
 from jobs.srt.loop import Splits, SRTLoop, file_splits, generated_splits, groups_of
 from services.run_store import atomic_write
 

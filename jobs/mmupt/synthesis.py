@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from jobs.rewards import majority_vote
+from jobs.srt.rewards import majority_vote
 
 IN_CONTEXT = ("Here is a question about this image and its answer.\n"
               "Question: {question}\nAnswer: {answer}\n"

@@ -1,7 +1,7 @@
 """The SRT driver: sample → self-reward → GRPO step → weight sync → evaluate → checkpoint.
 
 Reads top to bottom as the algorithm; the Ray plumbing lives in ``services/controller.py``, the
-maths in ``jobs/rewards.py`` and ``actors/grpo.py``, the mitigations in ``mitigations.py``.
+maths in ``jobs/srt/rewards.py`` and ``actors/grpo.py``, the mitigations in ``mitigations.py``.
 """
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ import torch
 from actors.grpo import ADVANTAGE_ESTIMATORS
 from actors.learner import Sample
 from actors.sampler import Completion, SamplingParams
-from jobs.data import arithmetic_tasks, load_tasks
-from jobs.rewards import EQUIVALENCES, extract_answer, grade_groups, ground_truth_rewards, majority_vote
+from jobs.srt.data import arithmetic_tasks, load_tasks
+from jobs.srt.rewards import EQUIVALENCES, extract_answer, grade_groups, ground_truth_rewards, majority_vote
 from jobs.srt.mitigations import (CollapseDetector, EarlyStopping, easiest_fraction, in_batch_keep,
                                   prompt_echo_share, top_answer_share)
-from services.controller import Roles
+from jobs.srt.roles import Roles
 from services.progress import StepProgress
 from services.run_store import RunStore, atomic_write
 

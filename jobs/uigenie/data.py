@@ -22,7 +22,7 @@ from jobs.uigenie.policy import target_completion
 from jobs.uigenie.rm_data import (
     MAX_HISTORY, Step, Trajectory, cross_task_substitution, early_truncation, history, redundant_continuation,
     step_labels, verify_action)
-from jobs.uigenie.actions import Action
+from actors.emulator.actions import Action
 from jobs.uigenie.rollout import Rollout, StepRecord
 
 

@@ -6,56 +6,18 @@ device (``DeviceCrashed``) escapes, so the pool can restart it.
 """
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
 from typing import Optional
 
+from actors.emulator.actions import Action, ActionError, perform, scale_to_device
 from actors.emulator.device import DeviceError
-from actors.emulator.uitree import compact_text, label_at, parse_hierarchy
-from jobs.uigenie.actions import Action, ActionError, scale_to_device, swipe_vector
-
-
-@dataclass
-class Observation:
-    """What the agent and the reward model see before a step."""
-    app: str
-    xml: str
-    text: str                   # compact rendering of the UI tree (the CPU agent's "screenshot")
-    screen_id: str              # app + hash of the hierarchy: equal screens share an id
-    png: Optional[bytes] = None
-
-
-def screen_id(app: str, xml: str) -> str:
-    return f"{app}#{hashlib.sha256(xml.encode()).hexdigest()[:12]}"
-
-
-def observe(device) -> Observation:
-    xml = device.dump_hierarchy()
-    app = device.current_app()
-    return Observation(app, xml, compact_text(parse_hierarchy(xml), indices=False), screen_id(app, xml),
-                       device.screenshot())
+from actors.emulator.uitree import label_at, parse_hierarchy
 
 
 def execute(device, action: Action, model_size: tuple[int, int]) -> None:
     """Carry out one action on ``device`` (coordinates scaled from the model's space to device
     pixels). Raises ActionError (out_of_screen) or DeviceError (unknown_app, ...) for a bad step;
     ``terminate`` does nothing on the device."""
-    if action.kind in ("click", "long_press"):
-        a = scale_to_device(action, model_size, device.size)
-        if a.kind == "click":
-            device.tap(a.x, a.y)
-        else:
-            device.long_press(a.x, a.y, a.time)
-    elif action.kind == "swipe":
-        device.swipe(*swipe_vector(action.direction, device.size))
-    elif action.kind == "type":
-        device.type_text(action.text)
-    elif action.kind == "open":
-        device.open_app(action.text)
-    elif action.kind == "system_button":
-        device.press(action.text.lower())
-    elif action.kind == "wait":
-        device.wait(min(action.time, 5.0))
+    perform(device, scale_to_device(action, model_size, device.size))
 
 
 def try_execute(device, action: Action, model_size: tuple[int, int]) -> Optional[str]:

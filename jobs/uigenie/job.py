@@ -6,6 +6,8 @@ import random
 from dataclasses import dataclass, field
 
 from actors.learner import Sample
+from jobs.uigenie.config import UIGenieConfig
+from services.registry import Job, RunContext
 
 
 @dataclass
@@ -18,8 +20,8 @@ class UIGenieActors:
     _encoded: dict = field(default_factory=dict)
 
     def sync(self) -> dict[str, float]:
-        from services.controller import Roles
-        return Roles([self.sampler], self.learner).sync_weights()
+        from actors.weights.sync import WeightSync
+        return WeightSync(self.learner, [self.sampler]).sync()
 
     def sft(self, rows: list[dict], epochs: int, batch: int, rng: random.Random) -> dict[str, float]:
         """Supervised fine-tuning on (prompt, completion) rows: the learner's ``vanilla_pg`` loss
@@ -78,13 +80,14 @@ def start_actors(cfg, placement) -> UIGenieActors:
     return UIGenieActors(sampler, learner, rm, pool, (0, 0))
 
 
-def run_uigenie(cfg, store, progress, export, resume: bool, placement) -> None:
+def run_uigenie(ctx: RunContext) -> None:
     import ray
 
     from actors.emulator.lease import run_with_device
     from actors.emulator.simulated import reference_actions, setup, task_suite
     from jobs.uigenie.loop import UIGenieLoop
     from jobs.uigenie.rollout import DeviceRunner, EpisodeOps
+    cfg, store, progress, placement = ctx.cfg, ctx.store, ctx.progress, ctx.placement
     run_name = placement.run_name
     progress.note(f"starting the sampler, the agent's learner, the reward model and "
                   f"{cfg.devices.size} {cfg.devices.backend} device(s) …")
@@ -97,7 +100,43 @@ def run_uigenie(cfg, store, progress, export, resume: bool, placement) -> None:
     runner = DeviceRunner(on_device, cfg.devices.size)
     actors.device_size = runner.map([lambda dev: tuple(dev.size)])[0]
     try:
-        UIGenieLoop(cfg, store, progress, export, actors, ops, runner, task_suite()).run(resume)
+        UIGenieLoop(cfg, store, progress, ctx.export, actors, ops, runner, task_suite()).run(ctx.resume)
         progress.note(f"device pool: {ray.get(actors.pool.stats.remote())}")
     finally:
         ray.get(actors.pool.shutdown.remote())
+
+
+def uigenie_roles(cfg) -> list:
+    from services.placement import RoleSpec, role_spec
+    d = cfg.devices
+    return [role_spec("sampler", 1, cfg.sampler, grouped=True),
+            RoleSpec("agent-learner", 1, cfg.agent.num_cpus),
+            RoleSpec("reward-model", 1, cfg.reward_model.num_cpus),
+            RoleSpec("device-pool", 1, num_cpus=0),
+            RoleSpec("devices", d.size, d.num_cpus, resources=dict(d.resources))]
+
+
+def check_uigenie(cfg) -> None:
+    from actors.emulator.factory import check_backend
+    from actors.model_loading import resolve_model
+    resolve_model(cfg.model.name)
+    resolve_model(cfg.reward_model.model or cfg.model.name)
+    check_backend(cfg.devices.backend)
+
+
+def report_uigenie(run_dir, compare):
+    """Success, RM F1 and dataset sizes by generation."""
+    import pyarrow.parquet as pq
+
+    from jobs.uigenie.report import write_uigenie_report
+    from services.run_store import atomic_write_text
+    metrics = run_dir / "metrics.parquet"
+    if not metrics.is_file():
+        raise ValueError(f"{metrics} does not exist: no generation finished yet")
+    section = write_uigenie_report(run_dir, pq.read_table(metrics).to_pylist())
+    report = run_dir / "report.md"
+    atomic_write_text(report, f"# UI-Genie run {run_dir.name}\n\n{section}")
+    return report
+
+
+JOB = Job("uigenie", UIGenieConfig, uigenie_roles, run_uigenie, check_uigenie, report_uigenie)

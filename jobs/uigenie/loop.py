@@ -21,12 +21,13 @@ import time
 from dataclasses import fields, replace
 from pathlib import Path
 
-from jobs.uigenie.actions import Action
+from actors.emulator.actions import Action
 from jobs.uigenie.data import (
     RMRow, ScreenBook, agent_rows, failure_rows, rm_records, rollout_record, step_texts,
     success_rows, verified_rows, write_parquet)
 from jobs.uigenie.policy import propose, remote_generate
-from jobs.uigenie.rm_data import MAX_HISTORY, hard_negatives
+from actors.reward_model.model import MAX_HISTORY
+from jobs.uigenie.rm_data import hard_negatives
 from jobs.uigenie.rollout import EpisodeOps, Policy, Rollout, reference_op, run_episodes
 
 EXTRA_ACTIONS = [Action("swipe", direction="up"), Action("system_button", text="Back"),

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from jobs.uigenie.actions import Action, ActionError, parse_action
-from jobs.uigenie.rm_data import MAX_HISTORY
+from actors.emulator.actions import Action, ActionError, parse_action
+from actors.reward_model.model import MAX_HISTORY
 
 REPLY_PREFIX = '<tool_call>{"name": "mobile_use", "arguments": {"action": "'
 INSTRUCTIONS = "Next action (click, long_press, swipe, type, open, system_button, wait, terminate)."

@@ -10,9 +10,9 @@ import random
 from dataclasses import dataclass, replace
 from typing import NamedTuple, Optional, Sequence
 
-from jobs.uigenie.actions import Action, click_matches
+from actors.emulator.actions import Action, click_matches
+from actors.reward_model.model import MAX_HISTORY
 
-MAX_HISTORY = 5
 DONE = Action("terminate", text="success")
 
 
@@ -172,13 +172,3 @@ def hard_negatives(examples: Sequence[tuple], scores: Sequence[float], threshold
     picked = [(s, i) for i, (ex, s) in enumerate(zip(examples, scores)) if ex[-1] == 0 and s > threshold]
     picked.sort(key=lambda p: (-p[0], p[1]))
     return [examples[i] for _, i in picked[:k]]
-
-
-def f1(preds: Sequence[int], labels: Sequence[int]) -> float:
-    """F1 of the positive class: 2·TP / (2·TP + FP + FN); 0.0 when there is no TP (as sklearn)."""
-    if len(preds) != len(labels):
-        raise ValueError(f"{len(preds)} predictions but {len(labels)} labels")
-    tp = sum(1 for p, y in zip(preds, labels) if p == 1 and y == 1)
-    fp = sum(1 for p, y in zip(preds, labels) if p == 1 and y != 1)
-    fn = sum(1 for p, y in zip(preds, labels) if p != 1 and y == 1)
-    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0

@@ -22,8 +22,9 @@ from typing import Callable, Optional
 
 from actors.emulator.device import DeviceCrashed
 from actors.emulator.pool import TaskFailed
-from jobs.uigenie.actions import Action
-from jobs.uigenie.env import Observation, describe, execute, observe, try_execute
+from actors.emulator.actions import Action
+from actors.emulator.observation import Observation, observe
+from jobs.uigenie.env import describe, execute, try_execute
 from jobs.uigenie.policy import Proposal, agent_prompt, propose, target_completion
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 from actors.emulator.uitree import Bounds, element_at, find, parse_hierarchy
-from jobs.uigenie.actions import Action, swipe_vector
+from actors.emulator.actions import Action, perform
 
 if TYPE_CHECKING:
     from .device import SimulatedDevice
@@ -56,7 +56,7 @@ def _run(device: "SimulatedDevice", step: "Step") -> Record:
     screen = device.screen_id()
     xml = device.dump_hierarchy()
     action, bounds = _resolve(step, xml, screen)
-    _apply(device, action)
+    perform(device, action)
     return screen, xml, action, bounds
 
 
@@ -82,21 +82,3 @@ def _resolve(step: "Step", xml: str, screen: str) -> tuple[Action, Optional[Boun
     if kind not in simple:
         raise ValueError(f"unknown reference step kind {kind!r} in {step}")
     return simple[kind](), None
-
-
-def _apply(device: "SimulatedDevice", action: Action) -> None:
-    """Perform ``action`` through the Device methods (terminate touches nothing)."""
-    if action.kind == "click":
-        device.tap(action.x, action.y)
-    elif action.kind == "long_press":
-        device.long_press(action.x, action.y, action.time)
-    elif action.kind == "type":
-        device.type_text(action.text)
-    elif action.kind == "open":
-        device.open_app(action.text)
-    elif action.kind == "swipe":
-        device.swipe(*swipe_vector(action.direction, device.size))
-    elif action.kind == "system_button":
-        device.press(action.text.lower())
-    elif action.kind == "wait":
-        device.wait(action.time)

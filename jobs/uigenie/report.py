@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.report import _new_figure, _save_png   # report.py imports this module lazily
+from services.figures import new_figure, save_png
 
 GENERATIONS_PNG = "uigenie_generations.png"
 
@@ -24,7 +24,7 @@ def by_generation(metrics: list[dict]) -> dict[str, dict[int, float]]:
 def plot_generations(series: dict[str, dict[int, float]], path: Path) -> bool:
     if "gen/success_rate" not in series:
         return False
-    fig = _new_figure((11.0, 4.2))
+    fig = new_figure((11.0, 4.2))
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     gens = sorted(series["gen/success_rate"])
     for ax in (left, right):
@@ -67,7 +67,7 @@ def plot_generations(series: dict[str, dict[int, float]], path: Path) -> bool:
     h2, l2 = twin.get_legend_handles_labels()
     right.legend(h1 + h2, l1 + l2, fontsize=7, loc="lower right")
     right.set_title("reward model and data")
-    _save_png(fig, path)
+    save_png(fig, path)
     return True
 
 

@@ -14,37 +14,33 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-
-ALIGN = 16
+from actors.weights.layout import Spec, bucket_size, fill, views, weight_spec, whole
 
 
 @dataclass
 class PackedWeights:
     version: int
-    buffer: np.ndarray                                   # uint8, all tensors back to back
-    index: list[tuple[str, str, tuple[int, ...], int]]   # name, torch dtype name, shape, byte offset
+    buffer: np.ndarray          # uint8, the tensors laid out as ``layout.whole(spec)``
+    spec: Spec
 
     @property
     def nbytes(self) -> int:
         return int(self.buffer.nbytes)
 
+    @property
+    def index(self) -> list[tuple[str, str, tuple[int, ...], int]]:
+        """(name, dtype, shape, byte offset) per tensor."""
+        return [(*self.spec[i], offset) for i, offset in whole(self.spec)]
+
 
 def pack_state(named_tensors, version: int, dtype: torch.dtype | None = None) -> PackedWeights:
     """Copy tensors (optionally cast to ``dtype``) into one byte buffer."""
-    tensors = [(name, t.detach().to(dtype) if dtype else t.detach()) for name, t in named_tensors]
-    offsets, offset = [], 0
-    for _, t in tensors:
-        offset = -(-offset // ALIGN) * ALIGN        # each view must start at a multiple of its itemsize
-        offsets.append(offset)
-        offset += t.numel() * t.element_size()
-    buffer = np.empty(offset, dtype=np.uint8)
-    flat = torch.from_numpy(buffer)
-    index = []
-    for (name, t), offset in zip(tensors, offsets):
-        size = t.numel() * t.element_size()
-        flat[offset:offset + size].view(t.dtype).copy_(t.reshape(-1).cpu())
-        index.append((name, str(t.dtype).removeprefix("torch."), tuple(t.shape), offset))
-    return PackedWeights(version, buffer, index)
+    pairs = [(name, t.detach()) for name, t in named_tensors]
+    spec = weight_spec(pairs, dtype)
+    bucket = whole(spec)
+    buffer = np.empty(bucket_size(spec, bucket), dtype=np.uint8)
+    fill(torch.from_numpy(buffer), [t.cpu() for _, t in pairs], spec, bucket)
+    return PackedWeights(version, buffer, spec)
 
 
 def unpack_views(packed: PackedWeights):
@@ -52,11 +48,7 @@ def unpack_views(packed: PackedWeights):
     with warnings.catch_warnings():  # a buffer mapped from the object store is read-only; we only read it
         warnings.simplefilter("ignore", UserWarning)
         flat = torch.from_numpy(packed.buffer)
-    for name, dtype, shape, offset in packed.index:
-        dt = getattr(torch, dtype)
-        n = int(np.prod(shape)) if shape else 1
-        size = n * torch.empty((), dtype=dt).element_size()
-        yield name, flat[offset:offset + size].view(dt).view(shape)
+    yield from views(flat, packed.spec, whole(packed.spec))
 
 
 def load_packed(module: torch.nn.Module, packed: PackedWeights) -> int:

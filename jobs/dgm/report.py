@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from services.archive import ARCHIVE_FILE, Archive, ArchiveRow
-from services.report import _new_figure, _save_png   # report.py imports this module lazily
+from jobs.dgm.archive import ARCHIVE_FILE, Archive, ArchiveRow
+from services.figures import new_figure, save_png
 
 LINEAGE_PNG = "dgm_lineage.png"
 PROGRESS_PNG = "dgm_progress.png"
@@ -87,7 +87,7 @@ def plot_lineage(archive: Archive, path: Path) -> bool:
     cmap, norm = matplotlib.colormaps["viridis"], Normalize(0.0, 1.0)
     width = max(6.0, min(24.0, 0.55 * max(x for x, _ in pos.values()) + 2.5))
     height = max(3.5, min(16.0, 0.9 * (max(g for _, g in pos.values()) + 1) + 1.5))
-    fig = _new_figure((width, height))
+    fig = new_figure((width, height))
     ax = fig.add_subplot()
     small = len(rows) > 40   # big archives: drop labels of rejected agents, shrink the rest
     for r in rows:
@@ -131,7 +131,7 @@ def plot_lineage(archive: Archive, path: Path) -> bool:
     if best:
         title += f": best {best.agent_id} ({best.score:.3f}), its lineage in red"
     ax.set_title(title + " — hollow: rejected (grey) / error (red)", fontsize=10)
-    _save_png(fig, path)
+    save_png(fig, path)
     return True
 
 
@@ -156,7 +156,7 @@ def plot_progress(archive: Archive, path: Path) -> bool:
     if not rows:
         return False
     order, best, size = progress_series(rows)
-    fig = _new_figure((8.0, 4.2))
+    fig = new_figure((8.0, 4.2))
     ax = fig.add_subplot()
     pts = [(i, b) for i, b in zip(order, best) if b is not None]
     h1 = ax.step([i for i, _ in pts], [b for _, b in pts], where="post", color="tab:blue",
@@ -176,7 +176,7 @@ def plot_progress(archive: Archive, path: Path) -> bool:
     ax2.set_ylim(0, max(size) * 1.1 + 1)
     ax.legend(handles=h1 + h2, loc="lower right", fontsize=8, framealpha=0.85)
     ax.set_title("DGM progress")
-    _save_png(fig, path)
+    save_png(fig, path)
     return True
 
 

@@ -193,6 +193,29 @@ def swipe_vector(direction: str, screen_size: Size) -> tuple[int, int, int, int]
     return vectors[direction]
 
 
+MAX_WAIT_S = 5.0
+
+
+def perform(device, action: Action) -> None:
+    """Carry out ``action`` (device pixels) through the Device methods; ``terminate`` touches
+    nothing, a wait is capped at ``MAX_WAIT_S``. Every executor of an action — the agent's steps,
+    the tasks' reference solutions — goes through here."""
+    if action.kind == "click":
+        device.tap(action.x, action.y)
+    elif action.kind == "long_press":
+        device.long_press(action.x, action.y, action.time)
+    elif action.kind == "swipe":
+        device.swipe(*swipe_vector(action.direction, device.size))
+    elif action.kind == "type":
+        device.type_text(action.text)
+    elif action.kind == "open":
+        device.open_app(action.text)
+    elif action.kind == "system_button":
+        device.press(action.text.lower())
+    elif action.kind == "wait":
+        device.wait(min(action.time, MAX_WAIT_S))
+
+
 def click_matches(pred: Point, target_bounds: Optional[tuple[int, int, int, int]],
                   target_point: Optional[Point], screen_size: Size) -> bool:
     """A click is correct if inside the target's bounds (l ≤ x ≤ r, t ≤ y ≤ b) or within

@@ -29,7 +29,8 @@ from typing import Optional, Protocol
 import yaml
 from pydantic import Field, ValidationError
 
-from services.config import EMBEDDED_MODEL, GatewayConfig, ModelRoute, Strict
+from jobs.dgm.config import GatewayConfig, ModelRoute
+from services.config import EMBEDDED_MODEL, Strict
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 16 << 20

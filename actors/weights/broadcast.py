@@ -11,58 +11,11 @@ dtypes, shapes), which the learner hands out once when the group opens.
 from __future__ import annotations
 
 import datetime
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import torch
 
-ALIGN = 16
-Spec = list[tuple[str, str, tuple[int, ...]]]      # (name, torch dtype name, shape) per tensor
-
-
-def weight_spec(named_tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype | None = None) -> Spec:
-    return [(name, str(dtype or t.dtype).removeprefix("torch."), tuple(t.shape)) for name, t in named_tensors]
-
-
-def nbytes_of(entry) -> int:
-    _, dtype, shape = entry
-    n = 1
-    for d in shape:
-        n *= d
-    return n * torch.empty((), dtype=getattr(torch, dtype)).element_size()
-
-
-def plan_buckets(spec: Spec, bucket_bytes: int) -> list[list[tuple[int, int]]]:
-    """Buckets of (tensor index, byte offset), in spec order; a bucket closes when the next tensor
-    would overflow it; a tensor larger than a bucket is a bucket of its own."""
-    buckets, current, offset = [], [], 0
-    for i, entry in enumerate(spec):
-        size = nbytes_of(entry)
-        start = -(-offset // ALIGN) * ALIGN
-        if current and start + size > bucket_bytes:
-            buckets.append(current)
-            current, start = [], 0
-        current.append((i, start))
-        offset = start + size
-    return buckets + ([current] if current else [])
-
-
-def bucket_size(spec: Spec, bucket: list[tuple[int, int]]) -> int:
-    i, offset = bucket[-1]
-    return offset + nbytes_of(spec[i])
-
-
-def views(flat: torch.Tensor, spec: Spec, bucket: list[tuple[int, int]]) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor view into the bucket's bytes) for each tensor of ``bucket``."""
-    for i, offset in bucket:
-        name, dtype, shape = spec[i]
-        yield name, flat[offset:offset + nbytes_of(spec[i])].view(getattr(torch, dtype)).view(shape)
-
-
-def fill(flat: torch.Tensor, tensors: list[torch.Tensor], spec: Spec, bucket: list[tuple[int, int]]) -> None:
-    """Copy ``tensors`` (in spec order, cast to the spec's dtypes) into ``bucket``'s bytes."""
-    with torch.no_grad():
-        for (i, _), (_, view) in zip(bucket, views(flat, spec, bucket)):
-            view.copy_(tensors[i].detach().reshape(view.shape))
+from actors.weights.layout import Spec, bucket_size, fill, plan_buckets, views
 
 
 class BroadcastGroup:

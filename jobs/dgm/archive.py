@@ -1,4 +1,4 @@
-"""The DGM archive, ``RUN_DIR/archive.parquet``: one row per agent (ARCHITECTURE.md, "DGM archive
+"""The DGM archive, ``RUN_DIR/archive.parquet``: one row per agent (docs/architecture.md, "DGM archive
 row"), and the patches that turn a parent's source into its child's.
 
 Every agent is stored as a unified diff against its parent; an agent's source is the seed

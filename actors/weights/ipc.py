@@ -1,7 +1,7 @@
 """Learner → a sampler on the *same* GPU (``ray.placement: colocated``): CUDA IPC.
 
-The learner copies its weights (cast to the sync dtype) into one device buffer laid out by the
-broadcast spec (``actors/weight_broadcast.py``) and hands out a CUDA IPC handle to it, as
+The learner copies its weights (cast to the sync dtype) into one device buffer laid out as every
+transport lays out weights (``actors/weights/layout.py``) and hands out a CUDA IPC handle to it, as
 ``torch.multiprocessing`` does between processes. A sampler process on the same GPU maps the
 buffer and copies from it: device to device, no host round trip, no collective. The learner keeps
 the buffer until its next share, and every reader has finished before the sync returns. A sampler
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from actors.weight_broadcast import Spec, bucket_size, fill, plan_buckets, views
+from actors.weights.layout import Spec, bucket_size, fill, views, whole
 
 
 @dataclass
@@ -30,11 +30,6 @@ class SharedWeights:
 
 def device_uuid(device: torch.device) -> str:
     return str(torch.cuda.get_device_properties(device).uuid)
-
-
-def whole(spec: Spec) -> list[tuple[int, int]]:
-    """Every tensor of ``spec`` in one bucket."""
-    return plan_buckets(spec, 1 << 62)[0]
 
 
 def pack_on_device(tensors: list[torch.Tensor], spec: Spec, device: torch.device) -> torch.Tensor:

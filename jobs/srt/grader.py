@@ -3,18 +3,18 @@
 Grading parses text the model wrote (regexes, and with ``equivalence: math`` sympy through
 math-verify, whose parsers may evaluate what they read and can hang on adversarial input), so on a
 cluster it runs in a sandboxed process with no network and capped memory and time, on the nodes
-that offer the ``sandbox`` resource. The program is ``jobs/rewards.py`` itself: one way to grade.
+that offer the ``sandbox`` resource. The program is ``jobs/srt/rewards.py`` itself: one way to grade.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import jobs.rewards
+import jobs.srt.rewards
 from actors.sandbox import ExecRequest, SandboxLimits, make_sandbox
 from actors.sandbox.types import SandboxError
 
-GRADER_SOURCE = Path(jobs.rewards.__file__).read_text()
+GRADER_SOURCE = Path(jobs.srt.rewards.__file__).read_text()
 
 
 class AnswerGrader:

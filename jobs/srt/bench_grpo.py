@@ -63,7 +63,7 @@ def build_checkpoint(preset: str, root: Path) -> Path:
     path = root / f"bench-{preset}"
     if (path / "config.json").is_file():
         return path
-    from actors.model_loading import save_pretrained_atomically
+    from actors.storage import save_pretrained_atomically
     torch.manual_seed(0)
     config = Qwen2Config(**PRESETS[preset], max_position_embeddings=4096, tie_word_embeddings=True,
                          bos_token_id=None, eos_token_id=EOS, pad_token_id=PAD)
@@ -117,7 +117,7 @@ def evoray_steps(path: Path, args, device: str, prompts: list[list[int]]) -> lis
     from actors.grpo import ADVANTAGE_ESTIMATORS
     from actors.learner import Learner, LearnerSettings, Sample
     from actors.sampler import Sampler, SamplerSettings, SamplingParams
-    from jobs.rewards import majority_vote
+    from jobs.srt.rewards import majority_vote
     gpu = device.startswith("cuda")
     sampler = Sampler(SamplerSettings(str(path), dtype="bfloat16" if gpu else "float32", device=device,
                                       static_cache=args.static_cache))
@@ -162,9 +162,8 @@ def sync_weights(learner, sampler) -> int:
     """Learner → sampler in one process: the colocated CUDA IPC path's work (pack the weights, cast
     to the sync dtype, into one buffer on the learner's device; copy into the sampler — between
     processes the mapping adds no copy). Returns the bytes moved."""
-    from actors.weight_broadcast import views
-    from actors.weight_ipc import whole
-    from actors.weight_sync import copy_into
+    from actors.weights.layout import views, whole
+    from actors.weights.pack import copy_into
     flat, spec = learner.pack_on_device()
     copy_into(sampler.backend.model, views(flat, spec, whole(spec)))
     return flat.numel()

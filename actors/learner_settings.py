@@ -1,0 +1,62 @@
+"""What a Learner is built with, light enough for config parsing (no torch at import)."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class UpdateRule(BaseModel):
+    """How the learner updates the policy: the ``learner:`` config section's algorithm keys (the
+    config adds where the learner runs). Every default is defined here, once."""
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    lr: float = Field(3e-6, ge=0, description="0 keeps the policy fixed (log-probs and metrics only)")
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = Field(1.0, gt=0)
+    advantage: str = "grpo"
+    policy_loss: str = "ppo_clip"
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    aggregation: str = "token-mean"
+    kl_coef: float = Field(0.0, ge=0)
+    kl_estimator: str = "low_var_kl"
+    micro_batch_tokens: int = Field(4096, ge=1)
+    autocast: Literal["none", "bf16"] = "none"
+    tis_cap: Optional[float] = Field(None, gt=1, description="truncated importance sampling cap for "
+                                     "samples of an older policy; train.mode async sets 2 if unset")
+    threads: Optional[int] = Field(None, ge=1)
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: memory for time")
+    shard_optimizer: bool = Field(False, description="learner.workers > 1: ZeRO-1, each rank keeps "
+                                  "the optimizer state of its share of the parameters")
+    shard_weights: bool = Field(False, description="learner.workers > 1: FSDP2, each rank keeps 1/N "
+                                "of every parameter, its gradient and its optimizer state")
+
+    @model_validator(mode="after")
+    def _one_sharding(self) -> "UpdateRule":
+        if self.shard_weights and self.shard_optimizer:
+            raise ValueError("learner.shard_weights already shards the optimizer state; "
+                             "drop learner.shard_optimizer")
+        return self
+
+    @field_validator("advantage", "policy_loss", "kl_estimator", "aggregation")
+    @classmethod
+    def _registered(cls, value: str, info) -> str:
+        from actors import grpo
+        table = {"advantage": grpo.ADVANTAGE_ESTIMATORS, "policy_loss": grpo.POLICY_LOSSES,
+                 "kl_estimator": grpo.KL_ESTIMATORS, "aggregation": grpo.AGGREGATIONS}[info.field_name]
+        if value not in table:
+            raise ValueError(f"{value!r} is not registered; choose one of {sorted(table)}")
+        return value
+
+
+class LearnerSettings(UpdateRule):
+    """What one Learner actor is built with: the update rule, the model and where it runs."""
+    model: str
+    device: str = "cpu"
+    sync_dtype: Optional[str] = None     # cast weights for the samplers (e.g. bfloat16 for vLLM)
+    seed: int = 0
+    trainable_layers: Optional[int] = None   # train only the top N decoder layers (+ final norm)
+
+    def __init__(self, model: str | None = None, /, **fields):
+        super().__init__(**fields, **({"model": model} if model is not None else {}))

@@ -1,0 +1,456 @@
+"""SRT's report (MM-UPT's too): plots and a markdown summary of a run's held-out accuracy and training signals.
+
+Reads (never writes) the run's ``metrics.parquet``, ``config.yaml`` and ``events.jsonl`` and writes
+``heldout.png``, ``training.png`` and ``report.md`` into the run directory, each atomically.
+
+Public entry points (the CLI calls these; no argument parsing here):
+
+* :func:`write_report` -- the plots and ``report.md``; returns the path of ``report.md``.
+* :func:`demo_table` -- a plain-text table of held-out accuracy by evaluation step (printed by
+  ``make demo``).
+
+Plots use matplotlib's object-oriented API with the Agg canvas, so nothing here touches pyplot's
+global state or needs a display.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from services.figures import new_figure, save_png
+from services.run_store import atomic_write_text
+
+METRICS_FILE = "metrics.parquet"
+CONFIG_FILE = "config.yaml"
+EVENTS_FILE = "events.jsonl"
+HELDOUT_PNG = "heldout.png"
+TRAINING_PNG = "training.png"
+REPORT_MD = "report.md"
+
+PASS1 = "heldout/pass@1"
+VAL_PASS1 = "val/pass@1"
+_MAJ_RE = re.compile(r"^heldout/maj@(\d+)$")
+REWARD_METRICS = ("train/pseudo_reward", "train/majority_agreement", "train/true_reward",
+                  "collapse/top_answer_share", "collapse/prompt_echo_share")
+EVENTS_OF_INTEREST = ("collapse_detected", "early_stop", "best_checkpoint")
+
+Series = list[tuple[int, float]]   # (step, value), sorted by step, one value per step
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a run directory
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    path: Path
+    name: str
+    reward_kind: Optional[str]
+    metrics: dict[str, Series]
+    events: list[dict] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.reward_kind})" if self.reward_kind else self.name
+
+    def series(self, name: str) -> Series:
+        return self.metrics.get(name, [])
+
+    @property
+    def maj_name(self) -> Optional[str]:
+        """The held-out ``maj@k`` metric (the largest k if several were logged)."""
+        found = [(int(m.group(1)), n) for n in self.metrics if (m := _MAJ_RE.match(n))]
+        return max(found)[1] if found else None
+
+    @property
+    def maj_label(self) -> str:
+        n = self.maj_name
+        return n.split("/", 1)[1] if n else "maj@k"
+
+    def best_pass1(self) -> Optional[tuple[int, float]]:
+        """(step, value) of the highest held-out pass@1; the earliest step on ties."""
+        s = self.series(PASS1)
+        if not s:
+            return None
+        return max(s, key=lambda sv: (sv[1], -sv[0]))
+
+
+def _load_metrics(run_dir: Path) -> dict[str, Series]:
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        raise ValueError(f"no metrics: {path} does not exist (is {run_dir} a run directory?)")
+    import pyarrow.parquet as pq
+    try:
+        table = pq.read_table(path, columns=["step", "name", "value"])
+    except Exception as e:  # corrupt, truncated, or missing columns
+        raise ValueError(f"cannot read {path}: {e}") from None
+    steps = table.column("step").to_pylist()
+    names = table.column("name").to_pylist()
+    values = table.column("value").to_pylist()
+    latest: dict[str, dict[int, float]] = {}
+    for step, name, value in zip(steps, names, values):
+        if step is None or name is None or value is None or not math.isfinite(value):
+            continue
+        latest.setdefault(name, {})[int(step)] = float(value)   # a re-logged step: last row wins
+    if not latest:
+        raise ValueError(f"no metrics: {path} holds no finite values")
+    return {name: sorted(by_step.items()) for name, by_step in latest.items()}
+
+
+def _load_config(run_dir: Path) -> tuple[str, Optional[str]]:
+    """(run name, reward kind) from config.yaml; falls back to the directory name."""
+    path = run_dir / CONFIG_FILE
+    name, kind = run_dir.resolve().name, None
+    if not path.is_file():
+        return name, kind
+    import yaml
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        return name, kind
+    if isinstance(raw, dict):
+        if raw.get("name"):
+            name = str(raw["name"])
+        reward = raw.get("reward")
+        if isinstance(reward, dict) and reward.get("kind"):
+            kind = str(reward["kind"])
+    return name, kind
+
+
+def _load_events(run_dir: Path) -> list[dict]:
+    """Events of interest, by step. Lines that are not JSON objects (e.g. a line still being
+    written by a live run) are skipped."""
+    path = run_dir / EVENTS_FILE
+    if not path.is_file():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            ev = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(ev, dict) and ev.get("event") in EVENTS_OF_INTEREST:
+            events.append(ev)
+    events.sort(key=lambda e: _as_int(e.get("step")))
+    return events
+
+
+def _as_int(v, default: int = -1) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return default
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ValueError(f"no metrics: run directory {run_dir} does not exist "
+                         f"(expected {run_dir / METRICS_FILE})")
+    metrics = _load_metrics(run_dir)
+    name, kind = _load_config(run_dir)
+    return Run(run_dir, name, kind, metrics, _load_events(run_dir))
+
+
+# --------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------
+
+def _xy(series: Series):
+    return [s for s, _ in series], [v for _, v in series]
+
+
+def _collapse_steps(run: Run) -> list[int]:
+    return sorted({_as_int(e.get("step")) for e in run.events
+                   if e.get("event") == "collapse_detected" and _as_int(e.get("step")) >= 0})
+
+
+def _mark_collapses(ax, steps: Sequence[int], label: bool) -> None:
+    for i, s in enumerate(steps):
+        ax.axvline(s, color="tab:red", linestyle=":", linewidth=1.4, alpha=0.8,
+                   label="collapse detected" if (label and i == 0) else None)
+
+
+def _accuracy_ylim(ax, values: Iterable[float]) -> None:
+    values = list(values)
+    top = max(values) if values else 1.0
+    ax.set_ylim(0.0, min(1.05, max(0.1, top * 1.12 + 0.03)))
+
+
+def plot_heldout(run: Run, others: Sequence[Run], path: Path) -> bool:
+    """heldout.png; False (nothing written) when the run logged no held-out metrics."""
+    pass1, maj_name = run.series(PASS1), run.maj_name
+    maj = run.series(maj_name) if maj_name else []
+    if not pass1 and not maj:
+        return False
+    comparing = any(o.series(PASS1) for o in others)
+    prefix = f"{run.label} " if comparing else ""
+    fig = new_figure((8.0, 4.6))
+    ax = fig.add_subplot()
+    shown: list[float] = []
+    if pass1:
+        ax.plot(*_xy(pass1), marker="o", color="tab:blue", linewidth=2, label=f"{prefix}pass@1")
+        shown += [v for _, v in pass1]
+    if maj:
+        ax.plot(*_xy(maj), marker="s", color="tab:blue" if comparing else "tab:orange",
+                linestyle="--", alpha=0.75 if comparing else 1.0, linewidth=1.6,
+                label=f"{prefix}{run.maj_label}")
+        shown += [v for _, v in maj]
+    palette = ["tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan",
+               "tab:gray", "tab:orange"]
+    for i, other in enumerate(others):
+        s = other.series(PASS1)
+        if s:
+            ax.plot(*_xy(s), marker="^", color=palette[i % len(palette)], linewidth=1.8,
+                    label=f"{other.label} pass@1")
+            shown += [v for _, v in s]
+    _mark_collapses(ax, _collapse_steps(run), label=True)
+    best = run.best_pass1()
+    if best:
+        step, value = best
+        ax.plot([step], [value], marker="*", markersize=17, color="gold", markeredgecolor="black",
+                linestyle="none", zorder=5, label=f"best pass@1 {value:.3f} (step {step})")
+    _accuracy_ylim(ax, shown)
+    ax.set_xlabel("step")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title(f"Held-out accuracy: {run.label}" if not comparing
+                 else f"Held-out pass@1: {run.label} vs " + ", ".join(o.label for o in others))
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8, framealpha=0.85)
+    save_png(fig, path)
+    return True
+
+
+def plot_training(run: Run, path: Path) -> bool:
+    """training.png; False (nothing written) when the run logged none of its metrics."""
+    rewards = [(n, run.series(n)) for n in REWARD_METRICS if run.series(n)]
+    loss, kl = run.series("train/loss"), run.series("train/kl")
+    panels = int(bool(rewards)) + int(bool(loss or kl))
+    if not panels:
+        return False
+    fig = new_figure((8.0, 3.3 * panels + 0.4))
+    axes = fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0]
+    collapses = _collapse_steps(run)
+    styles = {"train/pseudo_reward": dict(color="tab:blue", linewidth=2),
+              "train/majority_agreement": dict(color="tab:orange", linewidth=1.6),
+              "train/true_reward": dict(color="tab:green", linewidth=1.6, linestyle="--"),
+              "collapse/top_answer_share": dict(color="tab:red", linewidth=1.0, linestyle="-.",
+                                                alpha=0.7),
+              "collapse/prompt_echo_share": dict(color="tab:purple", linewidth=1.0, linestyle=":")}
+    i = 0
+    if rewards:
+        ax = axes[i]
+        i += 1
+        for name, s in rewards:
+            ax.plot(*_xy(s), label=name.split("/", 1)[1] if name.startswith("train/") else name,
+                    **styles[name])
+        _mark_collapses(ax, collapses, label=True)
+        _accuracy_ylim(ax, [v for _, s in rewards for _, v in s])
+        ax.set_ylabel("reward / share")
+        ax.set_title(f"Training: {run.label}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", fontsize=8, framealpha=0.85)
+    if loss or kl:
+        ax = axes[i]
+        handles = []
+        if loss:
+            handles += ax.plot(*_xy(loss), color="tab:blue", linewidth=1.6, label="loss")
+            ax.set_ylabel("loss", color="tab:blue")
+        if kl:
+            kax = ax.twinx() if loss else ax
+            handles += kax.plot(*_xy(kl), color="tab:purple", linewidth=1.4, linestyle="--",
+                                label="kl")
+            kax.set_ylabel("kl", color="tab:purple")
+        _mark_collapses(ax, collapses, label=False)
+        ax.grid(True, alpha=0.3)
+        # above the panel: loc="best" cannot see the twin axis's line
+        ax.legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=2,
+                  fontsize=8, frameon=False, borderaxespad=0.2)
+        if not rewards:
+            ax.set_title(f"Training: {run.label}")
+    axes[-1].set_xlabel("step")
+    save_png(fig, path)
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+def _fmt(v: Optional[float], missing: str = "—") -> str:
+    return missing if v is None else f"{v:.3f}"
+
+
+def md_escape(s: str) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def _eval_rows(run: Run) -> list[tuple[int, Optional[float], Optional[float], Optional[float]]]:
+    """(step, pass@1, maj@k, val/pass@1) for every step with a held-out evaluation."""
+    pass1 = dict(run.series(PASS1))
+    maj = dict(run.series(run.maj_name)) if run.maj_name else {}
+    val = dict(run.series(VAL_PASS1))
+    return [(s, pass1.get(s), maj.get(s), val.get(s)) for s in sorted(set(pass1) | set(maj))]
+
+
+def _event_details(ev: dict) -> str:
+    extra = {k: v for k, v in ev.items() if k not in ("event", "step", "time")}
+    parts = []
+    for k, v in extra.items():
+        if isinstance(v, float):
+            v = f"{v:.4g}"
+        elif not isinstance(v, str):
+            v = json.dumps(v, sort_keys=True)
+        parts.append(f"{k}={v}")
+    return ", ".join(parts)
+
+
+def demo_table(run_dir: str | os.PathLike) -> str:
+    """Plain-text table of held-out accuracy: the base model (step 0), each later evaluation,
+    then the best pass@1 and its step."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    run = load_run(run_dir)
+    rows = _eval_rows(run)
+    if not rows:
+        raise ValueError(f"{Path(run_dir) / METRICS_FILE} holds no held-out evaluations "
+                         f"({PASS1} or heldout/maj@k)")
+    has_maj = run.maj_name is not None
+    base = rows[0] if rows[0][0] == 0 else None
+    table = Table(title=f"{run.label}: held-out accuracy", box=box.ASCII, title_justify="left")
+    table.add_column("", no_wrap=True)
+    table.add_column("pass@1", justify="right")
+    if has_maj:
+        table.add_column(run.maj_label, justify="right")
+    if base is not None and base[1] is not None:
+        table.add_column("pass@1 vs base", justify="right")
+
+    def row(label: str, step: int, p1: Optional[float], mk: Optional[float]) -> None:
+        cells = [label, _fmt(p1, "-")]
+        if has_maj:
+            cells.append(_fmt(mk, "-"))
+        if base is not None and base[1] is not None:
+            cells.append("-" if p1 is None or step == 0 else f"{p1 - base[1]:+.3f}")
+        table.add_row(*cells)
+
+    for step, p1, mk, _ in rows:
+        row("base (step 0)" if step == 0 else f"step {step}", step, p1, mk)
+    best = run.best_pass1()
+    if best:
+        bstep, bval = best
+        table.add_section()
+        row(f"best (step {bstep})", bstep, bval, {r[0]: r[2] for r in rows}.get(bstep))
+    buf = io.StringIO()
+    Console(file=buf, width=100, force_terminal=False, color_system=None, highlight=False,
+            emoji=False, markup=False).print(table)
+    return buf.getvalue().rstrip() + "\n"
+
+
+def _markdown(run: Run, others: Sequence[Run], images: dict[str, bool], sections=()) -> str:
+    out = [f"# Report: {run.name}", ""]
+    out.append(f"- run directory: `{run.path}`")
+    out.append(f"- reward: `{run.reward_kind or 'unknown'}`")
+    last_step = max((s for series in run.metrics.values() for s, _ in series), default=None)
+    if last_step is not None:
+        out.append(f"- last logged step: {last_step}")
+    out.append("")
+
+    out += ["## Held-out evaluations", ""]
+    rows = _eval_rows(run)
+    has_val = any(r[3] is not None for r in rows)
+    if rows:
+        head = ["step", "pass@1"] + ([run.maj_label] if run.maj_name else [])
+        head += ["val/pass@1"] if has_val else []
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|" + "|".join(["---:"] * len(head)) + "|")
+        for step, p1, mk, val in rows:
+            cells = [str(step), _fmt(p1)] + ([_fmt(mk)] if run.maj_name else [])
+            cells += [_fmt(val)] if has_val else []
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    else:
+        out += ["No held-out evaluations were logged.", ""]
+    best = run.best_pass1()
+    if best:
+        out += [f"**Best held-out pass@1: {best[1]:.3f} at step {best[0]}**", ""]
+        base = dict(run.series(PASS1)).get(0)
+        if base is not None:
+            out += [f"Base model (step 0) pass@1: {base:.3f} "
+                    f"(best is {best[1] - base:+.3f})", ""]
+
+    out += ["## Events", ""]
+    if run.events:
+        for ev in run.events:
+            line = f"- step {_as_int(ev.get('step'))}: **{md_escape(ev.get('event'))}**"
+            if ev.get("time"):
+                line += f" ({md_escape(ev['time'])})"
+            details = _event_details(ev)
+            if details:
+                line += f" — {md_escape(details)}"
+            out.append(line)
+    else:
+        out.append("No collapse, early-stop or best-checkpoint events.")
+    out.append("")
+
+    if others:
+        out += ["## Comparison", "", "| run | reward | best pass@1 | at step | final pass@1 |",
+                "|---|---|---:|---:|---:|"]
+        for r in [run, *others]:
+            b, s = r.best_pass1(), r.series(PASS1)
+            out.append(f"| {md_escape(r.name)} (`{md_escape(r.path)}`) | "
+                       f"{md_escape(r.reward_kind or 'unknown')} | "
+                       f"{_fmt(b[1]) if b else '—'} | {b[0] if b else '—'} | "
+                       f"{_fmt(s[-1][1]) if s else '—'} |")
+        missing = [o for o in others if not o.series(PASS1)]
+        out.append("")
+        for o in missing:
+            out += [f"Note: `{o.path}` logged no {PASS1}; it is not plotted.", ""]
+
+    for section in sections:
+        out += section(run.path)
+    out += ["## Plots", ""]
+    if images.get(HELDOUT_PNG):
+        out += [f"![held-out accuracy]({HELDOUT_PNG})", ""]
+    if images.get(TRAINING_PNG):
+        out += [f"![training metrics]({TRAINING_PNG})", ""]
+    if not any(images.values()):
+        out += ["No plottable metrics were logged.", ""]
+    return "\n".join(out)
+
+
+def _dedupe_labels(runs: Sequence[Run]) -> None:
+    """Runs sharing a name and reward kind get their directory name appended, so the legend
+    tells them apart."""
+    seen: dict[str, int] = {}
+    for r in runs:
+        seen[r.label] = seen.get(r.label, 0) + 1
+    for r in runs:
+        if seen[r.label] > 1:
+            r.name = f"{r.name} [{r.path.resolve().name}]"
+
+
+def write_report(run_dir: str | os.PathLike, compare: Sequence[str | os.PathLike] = (), sections=()) -> Path:
+    """Write heldout.png and training.png (each when its metrics exist) and report.md into
+    ``run_dir``; return the path of report.md. ``compare``: other run directories whose held-out
+    pass@1 is overlaid on heldout.png; ``sections``: (run dir → markdown lines) a loop adds.
+    Raises ValueError naming the missing file for a run (this one or a compared one) without
+    metrics."""
+    run = load_run(run_dir)
+    others = [load_run(p) for p in compare]
+    _dedupe_labels([run, *others])
+    images = {HELDOUT_PNG: plot_heldout(run, others, run.path / HELDOUT_PNG),
+              TRAINING_PNG: plot_training(run, run.path / TRAINING_PNG)}
+    report = run.path / REPORT_MD
+    atomic_write_text(report, _markdown(run, others, images, sections))
+    return report

@@ -1,0 +1,90 @@
+"""UI-Genie's config: the device pool, the tasks, the agent, the reward model, beam search and the
+generations."""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import Field, field_validator
+
+from services.config import ModelConfig, RayConfig, SamplerConfig, Strict
+
+
+class DevicePoolConfig(Strict):
+    backend: str = Field("simulated", description="simulated, adb, or module:Class of your own")
+    size: int = Field(2, ge=1, description="devices in the pool (and device operations at once)")
+    options: dict[str, Any] = Field(default_factory=dict, description="passed to the device class")
+    resources: dict[str, float] = Field(default_factory=dict, description="per device actor, e.g. {kvm: 1}")
+    num_cpus: float = Field(0.05, ge=0)
+    lease_ttl_s: float = Field(60, gt=0)
+    health_interval_s: float = Field(10, gt=0)
+    max_failures: int = Field(3, ge=1, description="failed restarts in a row before a device is replaced")
+    retries: int = Field(2, ge=0, description="a device operation that hit a crash is retried this often")
+
+
+class UIGenieTasksConfig(Strict):
+    suite: Literal["simulated"] = "simulated"
+    seed_levels: list[int] = Field([1, 2], description="levels whose seed tasks come with references")
+    split_fractions: dict[str, float] = {"seed": 0.3, "explore": 0.4, "heldout": 0.3}
+    n_seed: Optional[int] = Field(None, ge=1)
+    n_explore: Optional[int] = Field(None, ge=1)
+    n_heldout: Optional[int] = Field(None, ge=1)
+    max_steps: int = Field(8, ge=1)
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _splits(cls, v: dict[str, float]) -> dict[str, float]:
+        if set(v) != {"seed", "explore", "heldout"} or any(x <= 0 for x in v.values()):
+            raise ValueError("needs positive fractions for exactly seed, explore and heldout")
+        return v
+
+
+class UIGenieAgentConfig(Strict):
+    max_new_tokens: int = Field(32, ge=4)
+    lr: float = Field(1e-4, gt=0)
+    sft_epochs: int = Field(3, ge=1, description="passes over each generation's SFT set")
+    sft_batch: int = Field(8, ge=1, description="examples per optimizer step")
+    grad_clip: float = Field(1.0, gt=0)
+    trainable_layers: Optional[int] = Field(10, ge=1, description="SFT only the top N layers (None: all)")
+    micro_batch_tokens: int = Field(8192, ge=1)
+    verify_samples: int = Field(4, ge=0, description="agent proposals per reference step, labelled by rules")
+    num_cpus: float = 0.5
+
+
+class RewardModelConfig(Strict):
+    model: Optional[str] = None            # the frozen backbone; default: model.name
+    head_hidden: int = Field(256, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(64, ge=1)
+    max_tokens: int = Field(256, ge=16)
+    max_screen_chars: int = Field(160, ge=0, description="the screen's first lines (title, top items)")
+    threshold: float = Field(0.5, gt=0, lt=1)
+    corruptions: int = Field(3, ge=0, description="corrupted copies of each successful trajectory")
+    hard_negative_repeat: int = Field(2, ge=1, description="a hard negative counts this many times")
+    num_cpus: float = 0.25
+
+
+class BeamConfig(Strict):
+    width: int = Field(2, ge=1, description="beams kept per task")
+    expansions: int = Field(3, ge=1, description="actions sampled per beam and step")
+    temperature: float = Field(0.8, gt=0)
+
+
+class UIGenieLoopConfig(Strict):
+    generations: int = Field(3, ge=0)
+    eval_base: bool = Field(False, description="also evaluate the model before any training")
+    seed: int = 0
+
+
+class UIGenieConfig(Strict):
+    job: Literal["uigenie"] = "uigenie"
+    name: str = "uigenie"
+    model: ModelConfig = ModelConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    devices: DevicePoolConfig = DevicePoolConfig()
+    tasks: UIGenieTasksConfig = UIGenieTasksConfig()
+    agent: UIGenieAgentConfig = UIGenieAgentConfig()
+    reward_model: RewardModelConfig = RewardModelConfig()
+    beam: BeamConfig = BeamConfig()
+    loop: UIGenieLoopConfig = UIGenieLoopConfig()
+    ray: RayConfig = RayConfig()
