@@ -87,6 +87,14 @@ class RayConfig(Strict):
     max_retries: int = Field(3, ge=0, description="a lost piece of work is re-issued this often")
 
 
+class JobConfig(Strict):
+    """What every loop's config has: its job name (the registry key), a run name and the Ray
+    section; a loop's config model extends it with ``job: Literal["its name"]``."""
+    job: str
+    name: str
+    ray: RayConfig = RayConfig()
+
+
 def apply_override(raw: dict, assignment: str) -> None:
     """Apply ``key.path=value`` (value parsed as YAML) to a nested dict."""
     if "=" not in assignment:
@@ -111,10 +119,10 @@ def format_errors(err: ValidationError, source: str) -> str:
 
 
 def parse_config(raw: dict, source: str = "<config>"):
-    from services.registry import job_names, lookup
+    from services.registry import DEFAULT_JOB, job_names, lookup
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys")
-    name = raw.get("job", "srt")
+    name = raw.get("job", DEFAULT_JOB)
     job = lookup(name) if isinstance(name, str) else None
     if job is None:
         raise ConfigError(f"{source}: job: {name!r} is not one of {job_names()}")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 ENTRY_POINTS = "evoray.jobs"
+DEFAULT_JOB = "srt"      # a config without a ``job:`` key
 
 
 @dataclass(frozen=True)

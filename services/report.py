@@ -8,15 +8,15 @@ from typing import Sequence
 
 import yaml
 
-from services.registry import lookup
+from services.registry import DEFAULT_JOB, lookup
 
 
 def run_job_name(run_dir: Path) -> str:
     config = run_dir / "config.yaml"
     if not config.is_file():
-        return "srt"       # a directory of metrics alone: the default job's report reads it
+        return DEFAULT_JOB       # a directory of metrics alone: the default job's report reads it
     raw = yaml.safe_load(config.read_text()) or {}
-    return raw.get("job", "srt") if isinstance(raw, dict) else "srt"
+    return raw.get("job", DEFAULT_JOB) if isinstance(raw, dict) else DEFAULT_JOB
 
 
 def write_report(run_dir: str | os.PathLike, compare: Sequence[str | os.PathLike] = ()) -> Path:

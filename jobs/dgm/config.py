@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from services.config import EMBEDDED_MODEL, ModelConfig, RayConfig, SamplerConfig, Strict
+from services.config import EMBEDDED_MODEL, JobConfig, ModelConfig, SamplerConfig, Strict
 
 
 class ModelRoute(Strict):
@@ -52,7 +52,9 @@ class GatewayConfig(Strict):
 
 
 
-class SandboxConfig(Strict):
+class AgentSandboxConfig(Strict):
+    """The sandboxes DGM's attempt workers (the ``sandbox`` role) run coding agents and hidden tests
+    in: ``actors.sandbox`` containers (docker) or bubblewrap, and their limits."""
     backend: Literal["auto", "docker", "bwrap"] = "auto"
     image: Optional[str] = None         # docker: an image of your own (e.g. a SWE-bench env image)
     pool_size: int = Field(2, ge=1, description="containers (and parallel tasks) per worker")
@@ -111,14 +113,13 @@ class DGMLoopConfig(Strict):
         return v
 
 
-class DGMConfig(Strict):
+class DGMConfig(JobConfig):
     job: Literal["dgm"] = "dgm"
     name: str = "dgm"
     model: ModelConfig = ModelConfig()          # the in-cluster model behind `sampler` routes
     sampler: SamplerConfig = SamplerConfig()
     gateway: GatewayConfig = GatewayConfig()
-    sandbox: SandboxConfig = SandboxConfig()
+    sandbox: AgentSandboxConfig = AgentSandboxConfig()
     tasks: DGMTasksConfig = DGMTasksConfig()
     agent: DGMAgentConfig = DGMAgentConfig()
     loop: DGMLoopConfig = DGMLoopConfig()
-    ray: RayConfig = RayConfig()

@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from services.config import (ActorResources, LearnerConfig, ModelConfig, RayConfig, SamplerConfig,
+from services.config import (ActorResources, JobConfig, LearnerConfig, ModelConfig, SamplerConfig,
                              SamplingConfig, Strict)
 
 
@@ -90,7 +90,7 @@ class TrainConfig(Strict):
     max_staleness: int = Field(1, ge=1, description="async: policy versions a sample may lag behind")
 
 
-class GraderConfig(ActorResources):
+class AnswerGraderConfig(ActorResources):
     """SRT's answer grading (extraction + vote over model-written text) in sandboxed workers: the
     ``sandbox`` role. ``workers: 0`` grades in the driver's process."""
     workers: int = Field(0, ge=0)
@@ -100,7 +100,7 @@ class GraderConfig(ActorResources):
     memory_mb: int = Field(512, ge=32)
 
 
-class SRTConfig(Strict):
+class SRTConfig(JobConfig):
     job: Literal["srt"] = "srt"
     name: str = "srt"
     model: ModelConfig = ModelConfig()
@@ -114,8 +114,7 @@ class SRTConfig(Strict):
     collapse: CollapseConfig = CollapseConfig()
     eval: EvalConfig = EvalConfig()
     train: TrainConfig = TrainConfig()
-    sandbox: GraderConfig = GraderConfig()
-    ray: RayConfig = RayConfig()
+    sandbox: AnswerGraderConfig = AnswerGraderConfig()
 
     @model_validator(mode="after")
     def _async_corrects_staleness(self) -> "SRTConfig":

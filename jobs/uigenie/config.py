@@ -6,7 +6,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator
 
-from services.config import ModelConfig, RayConfig, SamplerConfig, Strict
+from services.config import JobConfig, ModelConfig, SamplerConfig, Strict
 
 
 class DevicePoolConfig(Strict):
@@ -76,7 +76,7 @@ class UIGenieLoopConfig(Strict):
     seed: int = 0
 
 
-class UIGenieConfig(Strict):
+class UIGenieConfig(JobConfig):
     job: Literal["uigenie"] = "uigenie"
     name: str = "uigenie"
     model: ModelConfig = ModelConfig()
@@ -87,4 +87,3 @@ class UIGenieConfig(Strict):
     reward_model: RewardModelConfig = RewardModelConfig()
     beam: BeamConfig = BeamConfig()
     loop: UIGenieLoopConfig = UIGenieLoopConfig()
-    ray: RayConfig = RayConfig()
