@@ -1,25 +1,98 @@
 """The in-sandbox runner: stdlib only, executed as ``python3 -c <this file>`` inside the sandbox.
 
-It reads a JSON batch of requests on stdin; for each one it writes the task's files into the (emptied) work dir, runs the
-command as a child under resource limits; it prints the JSON results on stdout. Both backends
-(docker, bwrap) use it, so a program gets the same limits and the same verdicts on either.
+It reads ``{"isolation": "uid" | "namespaces", "batch": [request, ...]}`` on stdin, runs each request
+in a wiped work dir, and prints ``{"results": [...], "clean": bool}`` on stdout. That stdout is the
+only channel a verdict travels on, and no program ever holds it or can reach it.
 
-Why a child process: the untrusted program's stdout/stderr are pipes that we cap, so it can neither
-flood the host nor forge the runner's JSON on the real stdout. After the child ends, ``kill(-1)``
-removes anything it left behind (daemons, ``setsid`` escapees) — PID 1 of the sandbox is exempt.
+One task's processes:
+
+    runner        the reporter: non-dumpable; docker: root with only SETUID/SETGID/KILL;
+                  bwrap: uid 0 of the sandbox's user namespace, with only CAP_SYS_ADMIN there
+      [bwrap: a fork that unshares PID, IPC and mount namespaces, and its child, PID 1 of the task:
+       fresh /proc, /tmp, /dev/shm and /dev/mqueue; when it exits the kernel kills everything
+       left in the task's PID namespace]
+      supervisor  non-dumpable; starts the program and writes its exit status on a pipe that only
+                  the runner reads (docker: uid 1000, after wiping the previous task's state)
+        program   uid 1000, no capabilities, no_new_privs, a seccomp filter against ptrace,
+                  process_vm_*, pidfd_getfd and key rings (bwrap: in its own user namespace)
+
+A program may kill its supervisor (its parent): that is reported as ``killed``. It cannot ptrace or
+read any process above it (another uid, or non-dumpable in a user namespace where it has no
+capability), nor name the runner. In docker, ``kill(-1)`` from root ends every process of the task
+and the runner (a subreaper) reaps them all; a sandbox with anything left over reports
+``clean: false`` and the backend replaces it.
 """
+import ctypes
+import errno
 import glob
 import json
 import os
 import resource
-import shutil
+import select
 import signal
 import subprocess
 import sys
-import threading
 import time
 
+PROGRAM_UID = 1000
 MEMORY_MARKERS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory")
+LIBC = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_SECCOMP = 1, 4, 22
+PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 36, 38
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID = 0x20000, 0x8000000, 0x10000000, 0x20000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 1 << 18
+# (audit arch, has the x32 ABI, syscalls): ptrace, process_vm_readv/writev, kcmp, add_key,
+# request_key, keyctl, pidfd_open, pidfd_getfd, process_madvise — what reaches into another
+# process or into state (key rings) that outlives the task; no honest program needs them
+BLOCKED_SYSCALLS = {
+    "x86_64": (0xC000003E, True, (101, 310, 311, 312, 248, 249, 250, 434, 438, 440)),
+    "aarch64": (0xC00000B7, False, (117, 270, 271, 272, 217, 218, 219, 434, 438, 440)),
+}
+SHARED_DIRS = ("/tmp", "/dev/shm", "/dev/mqueue")   # writable besides the work dir (docker)
+
+
+class TaskError(RuntimeError):
+    """The task could not be started (bad command, unwritable work dir): an ``error`` verdict."""
+
+
+def libc_call(name: str, *args) -> None:
+    if getattr(LIBC, name)(*args) == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{name}: {os.strerror(err)}")
+
+
+def prctl(option: int, value: int) -> None:
+    libc_call("prctl", ctypes.c_int(option), ctypes.c_ulong(value), ctypes.c_ulong(0),
+              ctypes.c_ulong(0), ctypes.c_ulong(0))
+
+
+class SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte),
+                ("k", ctypes.c_uint)]
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+
+def seccomp_filter():
+    """A classic BPF filter answering EPERM to BLOCKED_SYSCALLS, to any foreign-ABI syscall
+    (int 0x80, x32) and allowing the rest; None on an architecture we have no table for."""
+    spec = BLOCKED_SYSCALLS.get(os.uname().machine)
+    if spec is None:
+        return None
+    arch, x32, numbers = spec
+    deny, allow = 0x00050000 | errno.EPERM, 0x7FFF0000
+    code = [(0x20, 0, 0, 4), (0x15, 1, 0, arch), (0x06, 0, 0, deny), (0x20, 0, 0, 0)]
+    if x32:
+        code += [(0x35, 0, 1, 0x40000000), (0x06, 0, 0, deny)]
+    for nr in numbers:
+        code += [(0x15, 0, 1, nr), (0x06, 0, 0, deny)]
+    code.append((0x06, 0, 0, allow))
+    insns = (SockFilter * len(code))(*[SockFilter(*c) for c in code])
+    prog = SockFprog(len(code), insns)
+    prog.keep = insns
+    return prog
 
 
 def read_oom_kills() -> int:
@@ -38,15 +111,38 @@ def read_oom_kills() -> int:
 
 
 def clear_dir(path: str) -> None:
-    for name in os.listdir(path):
-        p = os.path.join(path, name)
-        if os.path.isdir(p) and not os.path.islink(p):
-            shutil.rmtree(p, ignore_errors=True)
+    """Empty ``path`` as the owner of what is in it: unreadable directories are opened up first,
+    and anything left afterwards is an error, never silently kept for the next task."""
+    for entry in os.scandir(path):
+        if entry.is_dir(follow_symlinks=False):
+            os.chmod(entry.path, 0o700)
+            clear_dir(entry.path)
+            os.rmdir(entry.path)
         else:
-            try:
-                os.unlink(p)
-            except OSError:
-                pass
+            os.unlink(entry.path)
+    if os.listdir(path):
+        raise OSError(f"{path} is not empty after wiping it")
+
+
+def clear_sysv_ipc() -> None:
+    """Remove every SysV shared memory segment, message queue and semaphore set (docker: the
+    container's IPC namespace outlives the task; everything in it belongs to the program's uid)."""
+    for kind, call, args in (("shm", "shmctl", (0, None)), ("msg", "msgctl", (0, None)),
+                             ("sem", "semctl", (0, 0))):
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                ids = [int(line.split()[1]) for line in f.readlines()[1:] if line.strip()]
+        except FileNotFoundError:
+            continue
+        for ident in ids:
+            libc_call(call, ident, *args)
+
+
+def check_paths(files: dict) -> None:
+    for rel in files:
+        parts = rel.replace("\\", "/").split("/")
+        if not rel or rel.startswith("/") or ".." in parts:
+            raise ValueError(f"file path escapes the work dir: {rel!r}")
 
 
 def write_files(workdir: str, files: dict) -> None:
@@ -60,48 +156,15 @@ def write_files(workdir: str, files: dict) -> None:
             f.write(content)
 
 
-def limiter(req: dict):
-    def apply() -> None:
-        mb = 1024 * 1024
-        limits = [(resource.RLIMIT_CORE, 0),
-                  (resource.RLIMIT_FSIZE, req["file_mb"] * mb),
-                  (resource.RLIMIT_NOFILE, 256),
-                  (resource.RLIMIT_CPU, int(req["timeout_s"]) + 2)]
-        if req.get("memory_mb"):
-            limits.append((resource.RLIMIT_AS, req["memory_mb"] * mb))
-        if req.get("nproc"):
-            limits.append((resource.RLIMIT_NPROC, req["nproc"]))
-        for which, value in limits:
-            resource.setrlimit(which, (value, value))
-    return apply
-
-
-def capped_reader(stream, cap: int, out: list) -> threading.Thread:
-    """Keep the first ``cap`` bytes and drain the rest, so a flood neither blocks nor bloats."""
-    def pump() -> None:
-        kept, dropped = bytearray(), 0
-        while True:
-            chunk = stream.read(65536)
-            if not chunk:
-                break
-            room = cap - len(kept)
-            kept += chunk[:max(room, 0)]
-            dropped += max(len(chunk) - max(room, 0), 0)
-        text = kept.decode("utf-8", errors="replace")
-        if dropped:
-            text += f"\n[evoray: output truncated, {dropped} more bytes]"
-        out.append(text)
-    t = threading.Thread(target=pump, daemon=True)
-    t.start()
-    return t
-
-
 def collect(workdir: str, patterns: list, cap: int) -> dict:
     found, total = {}, 0
+    root = os.path.realpath(workdir)
     for pattern in patterns:
         for path in sorted(glob.glob(os.path.join(workdir, pattern), recursive=True)):
             if not os.path.isfile(path) or os.path.islink(path) or "__pycache__" in path:
                 continue
+            if not os.path.realpath(path).startswith(root + os.sep):
+                continue   # reached through a symlinked directory: not the program's file
             rel = os.path.relpath(path, workdir)
             with open(path, "rb") as f:
                 data = f.read(cap - total + 1)
@@ -112,52 +175,370 @@ def collect(workdir: str, patterns: list, cap: int) -> dict:
     return found
 
 
-def run(req: dict) -> dict:
+def program_env(req: dict) -> dict:
     workdir = req.get("workdir", "/work")
-    for d in (workdir, "/tmp"):
-        clear_dir(d)   # a warm container's previous task leaves nothing behind
-    write_files(workdir, req.get("files", {}))
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "LANG": "C.UTF-8",
            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": "/tmp"}
     env.update(req.get("env", {}))
+    return env
+
+
+def enter_user_namespace() -> None:
+    """bwrap: the program gets a user namespace of its own where it is uid 1000 and, once it
+    execs, has no capability — none at all in the namespace of its supervisor and init."""
+    uid, gid = os.getuid(), os.getgid()
+    libc_call("unshare", CLONE_NEWUSER)
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{PROGRAM_UID} {uid} 1"),
+                       ("gid_map", f"{PROGRAM_UID} {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+
+
+def program_setup(req: dict, enter):
+    """The program's preexec: its namespace (bwrap), rlimits, no_new_privs, the seccomp filter."""
+    mb = 1024 * 1024
+    limits = [(resource.RLIMIT_CORE, 0), (resource.RLIMIT_FSIZE, req["file_mb"] * mb),
+              (resource.RLIMIT_NOFILE, 256), (resource.RLIMIT_CPU, int(req["timeout_s"]) + 2)]
+    if req.get("memory_mb"):
+        limits.append((resource.RLIMIT_AS, req["memory_mb"] * mb))
+    if req.get("nproc"):
+        limits.append((resource.RLIMIT_NPROC, req["nproc"]))
+    prog = seccomp_filter()
+
+    def setup() -> None:
+        try:
+            if enter:
+                enter()
+            for which, value in limits:
+                resource.setrlimit(which, (value, value))
+            prctl(PR_SET_NO_NEW_PRIVS, 1)
+            if prog is not None:
+                libc_call("prctl", ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(2),
+                          ctypes.byref(prog), ctypes.c_ulong(0), ctypes.c_ulong(0))
+        except BaseException as e:   # subprocess only says "preexec_fn failed": say what did
+            os.write(2, f"evoray: sandbox setup failed: {type(e).__name__}: {e}\n".encode())
+            raise
+    return setup
+
+
+def detach_stdio() -> None:
+    """A forked helper must not keep the runner's stdin/stdout (the verdict channel)."""
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
+def supervise(req: dict, fds: tuple, status_w: int, prepare, enter) -> None:
+    """The supervisor process: prepare, start the program, report its exit status; never returns."""
+    report = {}
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        prctl(PR_SET_DUMPABLE, 0)
+        if prepare:
+            report["stage"] = "prepare"
+            prepare()
+        report["stage"] = "start"
+        proc = subprocess.Popen(req["command"], cwd=req.get("workdir", "/work"),
+                                env=program_env(req), stdin=fds[0], stdout=fds[1], stderr=fds[2],
+                                preexec_fn=program_setup(req, enter), start_new_session=True)
+        for fd in fds:
+            os.close(fd)
+        report = {"exit_code": proc.wait()}
+    except BaseException as e:
+        report["error"] = f"{type(e).__name__}: {e}"
+    try:
+        os.write(status_w, json.dumps(report).encode())
+    finally:
+        os._exit(0)
+
+
+def fork_child(body, keep: tuple, close: tuple) -> int:
+    """Fork; the child closes ``close``, detaches from the runner's stdio and runs ``body``."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for fd in close:
+                os.close(fd)
+            detach_stdio()
+            body()
+        finally:
+            os._exit(70)
+    return pid
+
+
+class UidIsolation:
+    """docker: the runner is root; each task's program runs as uid 1000 under a uid-1000
+    supervisor. The container (its /tmp, /dev/shm, /dev/mqueue, SysV IPC) outlives the task, so
+    the supervisor wipes them before the program starts and the runner kills and reaps every
+    process of the task after it ends."""
+
+    def __init__(self):
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+        self.clean = self.no_strays()
+
+    @staticmethod
+    def become_program_user() -> None:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")   # the program, not the runner, is what the OOM killer picks
+        os.setgroups([])
+        os.setresgid(PROGRAM_UID, PROGRAM_UID, PROGRAM_UID)
+        os.setresuid(PROGRAM_UID, PROGRAM_UID, PROGRAM_UID)
+        prctl(PR_SET_DUMPABLE, 0)
+
+    def start(self, req: dict, fds: tuple, status_w: int, close: tuple) -> int:
+        workdir = req.get("workdir", "/work")
+
+        def prepare() -> None:
+            for d in (workdir,) + SHARED_DIRS:
+                if os.path.isdir(d):
+                    clear_dir(d)
+            clear_sysv_ipc()
+            write_files(workdir, req.get("files", {}))
+
+        def body() -> None:
+            self.become_program_user()
+            supervise(req, fds, status_w, prepare, None)
+        return fork_child(body, fds, close)
+
+    def end(self, child: int, timed_out: bool, report) -> None:
+        try:
+            os.kill(-1, signal.SIGKILL)   # root: every process here but PID 1 and this runner
+        except OSError:
+            pass
+        while True:
+            try:
+                os.waitpid(-1, 0)   # a subreaper: every orphan of the task is our child
+            except ChildProcessError:
+                break
+        if report is not None and report.get("stage") == "prepare":
+            self.clean = False   # the previous task's state could not be wiped
+        self.clean = self.no_strays() and self.clean
+
+    @staticmethod
+    def no_strays(wait_s: float = 1.0) -> bool:
+        """True when no process but PID 1 and this runner is left (orphans PID 1 still reaps
+        get ``wait_s``); else kill them and say the sandbox is not clean."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            me = str(os.getpid())
+            strays = [p for p in os.listdir("/proc") if p.isdigit() and p not in ("1", me)]
+            if not strays:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except OSError:
+                pass
+            time.sleep(0.01)
+
+    def collect(self, req: dict) -> dict:
+        r, w = os.pipe()
+
+        def body() -> None:
+            self.become_program_user()
+            try:
+                out = {"files": collect(req.get("workdir", "/work"), req["collect"],
+                                        req.get("collect_bytes", 4 << 20))}
+            except Exception as e:
+                out = {"error": f"{type(e).__name__}: {e}"}
+            data = json.dumps(out).encode()
+            while data:
+                data = data[os.write(w, data):]
+        pid = fork_child(body, (w,), (r,))
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            raw = f.read()
+        os.waitpid(pid, 0)
+        out = json.loads(raw) if raw else {"error": "the collector died"}
+        if "error" in out:
+            raise ValueError(out["error"])
+        return out["files"]
+
+
+class NamespaceIsolation:
+    """bwrap: per task, fresh PID, IPC and mount namespaces under a PID 1 of ours; the program
+    in a user namespace of its own below that."""
+    clean = True
+
+    def start(self, req: dict, fds: tuple, status_w: int, close: tuple) -> int:
+        workdir = req.get("workdir", "/work")
+        clear_dir(workdir)
+        write_files(workdir, req.get("files", {}))
+        disk = req.get("disk_bytes", 64 << 20)
+
+        def body() -> None:
+            try:
+                libc_call("unshare", CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWNS)
+            except OSError as e:
+                os.write(status_w, json.dumps({"error": f"OSError: {e}"}).encode())
+                os._exit(0)
+            init = os.fork()
+            if init == 0:
+                try:
+                    self.task_init(req, fds, status_w, disk)
+                finally:
+                    os._exit(70)
+            os.write(status_w, f"{init}\n".encode())
+            for fd in fds + (status_w,):
+                os.close(fd)
+            os.waitpid(init, 0)
+            os._exit(0)
+        return fork_child(body, fds, close)
+
+    @staticmethod
+    def task_init(req: dict, fds: tuple, status_w: int, disk: int) -> None:
+        """PID 1 of the task: its exit takes every process of the namespace with it."""
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        prctl(PR_SET_DUMPABLE, 0)
+        try:
+            mount = LIBC.mount
+            for args in ((None, b"/", None, MS_REC | MS_PRIVATE, None),
+                         (b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
+                         (b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV,
+                          f"size={disk},mode=1777".encode()),
+                         (b"tmpfs", b"/dev/shm", b"tmpfs", MS_NOSUID | MS_NODEV,
+                          f"size={disk},mode=1777".encode()),
+                         (b"mqueue", b"/dev/mqueue", b"mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                          None)):
+                if mount(*args[:3], ctypes.c_ulong(args[3]), args[4]) == -1:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"mount {args[1].decode()}: {os.strerror(err)}")
+        except OSError as e:
+            os.write(status_w, json.dumps({"error": f"OSError: {e}", "stage": "init"}).encode())
+            return
+        sup = os.fork()
+        if sup == 0:
+            supervise(req, fds, status_w, None, enter_user_namespace)
+        for fd in fds + (status_w,):
+            os.close(fd)
+        while os.wait()[0] != sup:
+            pass   # PID 1 reaps the orphans of its namespace until the supervisor ends
+
+    def end(self, child: int, timed_out: bool, report) -> None:
+        if timed_out:
+            try:   # the task's PID 1 (the kernel kills the rest), else its parent (PDEATHSIG)
+                os.kill(report.get("init", child), signal.SIGKILL)
+            except OSError:
+                pass
+        os.waitpid(child, 0)   # returns once the task's PID namespace is empty
+
+    def collect(self, req: dict) -> dict:
+        return collect(req.get("workdir", "/work"), req["collect"], req.get("collect_bytes", 4 << 20))
+
+
+class Capped:
+    """The first ``cap`` bytes of a stream; the rest is counted and dropped."""
+
+    def __init__(self, cap: int):
+        self.cap, self.kept, self.dropped = cap, bytearray(), 0
+
+    def add(self, chunk: bytes) -> None:
+        room = max(self.cap - len(self.kept), 0)
+        self.kept += chunk[:room]
+        self.dropped += max(len(chunk) - room, 0)
+
+    def text(self) -> str:
+        text = self.kept.decode("utf-8", errors="replace")
+        if self.dropped:
+            text += f"\n[evoray: output truncated, {self.dropped} more bytes]"
+        return text
+
+
+def pump(sinks: dict, stdin_w: int, data: bytes, until_fd: int, deadline: float) -> bool:
+    """Move stdin in and outputs out until ``until_fd`` (or, with it None, every output) is at EOF
+    or the deadline passes; True when the deadline passed first."""
+    poller = select.poll()
+    for fd in sinks:
+        poller.register(fd, select.POLLIN)
+    pending = memoryview(data)
+    if stdin_w is not None:
+        os.set_blocking(stdin_w, False)
+        poller.register(stdin_w, select.POLLOUT)
+    while (until_fd in sinks) if until_fd is not None else sinks:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return True
+        for fd, _ in poller.poll(max(int(left * 1000), 1)):
+            if fd == stdin_w:
+                try:
+                    pending = pending[os.write(fd, pending[:65536]):]
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    pending = pending[:0]   # the program exited or closed stdin unread
+                if not pending:
+                    poller.unregister(fd)
+                    os.close(fd)
+                    stdin_w = None
+                continue
+            chunk = os.read(fd, 65536)
+            if chunk:
+                sinks[fd].add(chunk)
+            else:
+                poller.unregister(fd)
+                os.close(fd)
+                sinks.pop(fd).add(b"")
+    if stdin_w is not None:
+        os.close(stdin_w)
+    return False
+
+
+class Status(bytearray):
+    def add(self, chunk: bytes) -> None:
+        self.extend(chunk)
+
+    def report(self):
+        """The supervisor's report (and, bwrap, the task's PID 1), or None if it never came."""
+        lines = bytes(self).split(b"\n")
+        out = {"init": int(lines[0])} if len(lines) > 1 and lines[0].isdigit() else {}
+        try:
+            out.update(json.loads(lines[-1]))
+        except ValueError:
+            return out or None
+        return out
+
+
+def run(req: dict, iso) -> dict:
+    check_paths(req.get("files", {}))
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    st_r, st_w = os.pipe()
     oom_before = read_oom_kills()
     start = time.monotonic()
-    proc = subprocess.Popen(req["command"], cwd=workdir, env=env, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=limiter(req), start_new_session=True)
-    out, err = [], []
-    readers = [capped_reader(proc.stdout, req["output_bytes"], out),
-               capped_reader(proc.stderr, req["output_bytes"], err)]
-    try:
-        proc.stdin.write(req.get("stdin", "").encode())
-        proc.stdin.close()
-    except OSError:
-        pass   # the program exited or closed stdin without reading it
-    timed_out = False
-    try:
-        proc.wait(timeout=req["timeout_s"])
-    except subprocess.TimeoutExpired:
-        timed_out = True
+    child = iso.start(req, (in_r, out_w, err_w), st_w, (in_w, out_r, err_r, st_r))
+    for fd in (in_r, out_w, err_w, st_w):
+        os.close(fd)
+    cap = req["output_bytes"]
+    status = Status()
+    sinks = {out_r: Capped(cap), err_r: Capped(cap), st_r: status}
+    stdout, stderr = sinks[out_r], sinks[err_r]
+    timed_out = pump(sinks, in_w, req.get("stdin", "").encode(), st_r,
+                     start + req["timeout_s"] + 0.05)
     wall = time.monotonic() - start
-    if req.get("kill_all"):   # only set by backends that give the sandbox its own PID namespace
-        try:
-            os.kill(-1, signal.SIGKILL)   # everything the program started, wherever it hid
-        except OSError:
-            pass
-    else:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-    proc.wait()
-    for t in readers:
-        t.join(timeout=5)
-    stdout, stderr = (out or [""])[0], (err or [""])[0]
-    code = proc.returncode
-    tail = stderr[-2000:]
+    report = status.report() or {}
+    iso.end(child, timed_out, report)
+    pump(sinks, None, b"", None, time.monotonic() + 5)   # every writer is gone: only EOFs left
+    for fd in sinks:
+        os.close(fd)
+    if "error" in report and not timed_out:
+        detail = stderr.text().strip()[-500:]
+        raise TaskError(report["error"] + (f" ({detail})" if detail else ""))
+    return verdict(req, report, timed_out, read_oom_kills() > oom_before, stdout.text(),
+                   stderr.text(), wall, iso)
+
+
+def verdict(req, report, timed_out, oom, stdout, stderr, wall, iso) -> dict:
+    code = report.get("exit_code")
     if timed_out:
         status, code = "timeout", None
-    elif read_oom_kills() > oom_before or (code != 0 and any(m in tail for m in MEMORY_MARKERS)):
+    elif "exit_code" not in report:
+        status = "memory" if oom else "killed"
+        stderr += "\nevoray: the program's supervisor was killed"
+    elif oom or (code != 0 and any(m in stderr[-2000:] for m in MEMORY_MARKERS)):
         status = "memory"
     elif code == 0:
         status = "ok"
@@ -168,25 +549,28 @@ def run(req: dict) -> dict:
     result = {"status": status, "exit_code": code, "stdout": stdout, "stderr": stderr,
               "wall_s": round(wall, 4)}
     if req.get("collect"):
-        result["files"] = collect(workdir, req["collect"], req.get("collect_bytes", 4 << 20))
+        result["files"] = iso.collect(req)
     return result
 
 
-def run_one(req: dict) -> dict:
+def run_one(req: dict, iso) -> dict:
     try:
-        return run(req)
+        return run(req, iso)
     except Exception as e:   # the sandbox worked, the request did not: say so, don't hang
+        msg = str(e) if isinstance(e, TaskError) else f"{type(e).__name__}: {e}"
         return {"status": "error", "exit_code": None, "stdout": "",
-                "stderr": f"evoray runner: {type(e).__name__}: {e}", "wall_s": 0.0}
+                "stderr": f"evoray runner: {msg}", "wall_s": 0.0}
 
 
 def main() -> None:
-    """``{"batch": [request, ...]}`` in, ``{"results": [result, ...]}`` out. Requests of a batch
-    run one after another, each in a wiped work dir with nothing left running from the one before
-    — the same isolation as separate execs, without paying for a process launch into the sandbox
-    per request."""
-    batch = json.loads(sys.stdin.read())["batch"]
-    sys.stdout.write(json.dumps({"results": [run_one(req) for req in batch]}))
+    """Requests of a batch run one after another, each in a wiped work dir with nothing left
+    running from the one before — the same isolation as separate execs, without paying for a
+    process launch into the sandbox per request."""
+    prctl(PR_SET_DUMPABLE, 0)   # nothing of the same uid may read this process's memory or fds
+    data = json.loads(sys.stdin.read())
+    iso = NamespaceIsolation() if data.get("isolation") == "namespaces" else UidIsolation()
+    results = [run_one(req, iso) for req in data["batch"]]
+    sys.stdout.write(json.dumps({"results": results, "clean": iso.clean}))
     sys.stdout.flush()
 
 

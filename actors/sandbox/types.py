@@ -70,10 +70,17 @@ class ExecResult:
     @classmethod
     def from_batch(cls, raw: bytes, n: int, backend: str) -> list["ExecResult"]:
         """Parse the runner's answer to a batch of ``n``; raises ValueError when it is not one."""
-        results = json.loads(raw)["results"]
+        return cls.parse_batch(raw, n, backend)[0]
+
+    @classmethod
+    def parse_batch(cls, raw: bytes, n: int, backend: str) -> tuple[list["ExecResult"], bool]:
+        """The results and whether the runner left its sandbox clean (nothing of the batch still
+        running, nothing it could not wipe): a sandbox that is not clean is never reused."""
+        answer = json.loads(raw)
+        results = answer["results"]
         if len(results) != n:
             raise ValueError(f"the runner answered {len(results)} results for {n} requests")
-        return [cls.from_runner(r, backend) for r in results]
+        return [cls.from_runner(r, backend) for r in results], answer.get("clean") is True
 
     @classmethod
     def sandbox_failure(cls, backend: str, wall_s: float, why: str) -> "ExecResult":
