@@ -443,11 +443,42 @@ def test_runner_killed_from_outside_replaces_the_container(sandbox):
     t = threading.Thread(target=lambda: out.setdefault("r", sandbox.run(req("time.sleep(5)"))))
     t.start()
     time.sleep(1.5)
-    container.exec_run(["python3", "-c", "import os, signal\n"
-                        "for p in os.listdir('/proc'):\n"
-                        "    if p.isdigit() and p not in ('1', str(os.getpid())) and b'in-sandbox runner' in open(f'/proc/{p}/cmdline', 'rb').read():\n"
-                        "        os.kill(int(p), signal.SIGKILL)"], user="0:0")
+    killer = textwrap.dedent("""
+        import os, signal
+        for p in os.listdir('/proc'):
+            if p.isdigit() and p not in ('1', str(os.getpid())) and \\
+                    b'in-sandbox runner' in open(f'/proc/{p}/cmdline', 'rb').read():
+                os.kill(int(p), signal.SIGKILL)
+        """)
+    container.exec_run(["python3", "-c", killer], user="0:0")
     t.join()
     assert out["r"].status == "killed" and out["r"].stderr.startswith("evoray: ")
     assert sandbox.run(req("print('fresh')")).stdout == "fresh\n"
     assert containers(sandbox) != before
+
+
+def test_a_task_cannot_sabotage_the_next_ones_work_dir(sandbox):
+    """Unwipeable leftovers would fail the next task (or leak into it): an unreadable work dir, a
+    tree deeper than any path, a FIFO, read-only files, a symlink to the runner's /proc entries."""
+    saboteur = """
+        os.mkdir("/work/deep")
+        os.chdir("/work/deep")
+        for _ in range(2500):   # ~5000 characters of path: more than PATH_MAX
+            os.mkdir("d")
+            os.chdir("d")
+        os.chdir("/work")
+        os.mkfifo("/work/fifo")
+        open("/work/ro.txt", "w").write("x")
+        os.chmod("/work/ro.txt", 0)
+        os.symlink(f"/proc/{os.getppid()}/environ", "/work/env")
+        os.chmod("/work/deep", 0)
+        os.chmod("/tmp", 0)
+        os.chmod("/work", 0)
+        print("sabotaged")
+        """
+    check = "print(sorted(os.listdir('/work')), sorted(os.listdir('/tmp')))"
+    assert sandbox.run(req(saboteur)).stdout == "sabotaged\n"
+    r = sandbox.run(req(check))
+    assert (r.status, r.stdout) == ("ok", "['main.py'] []\n"), r.stderr
+    results = sandbox.run_many([req(saboteur), req(check)])
+    assert [x.stdout for x in results] == ["sabotaged\n", "['main.py'] []\n"], results[1].stderr

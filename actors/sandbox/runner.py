@@ -23,7 +23,6 @@ and the runner (a subreaper) reaps them all; a sandbox with anything left over r
 ``clean: false`` and the backend replaces it.
 """
 import ctypes
-import errno
 import glob
 import json
 import os
@@ -34,65 +33,16 @@ import subprocess
 import sys
 import time
 
-PROGRAM_UID = 1000
+from actors.sandbox.confine import *  # RUNNER_SOURCE inlines this module
+
 MEMORY_MARKERS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory")
-LIBC = ctypes.CDLL(None, use_errno=True)
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_SECCOMP = 1, 4, 22
-PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 36, 38
-CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID = 0x20000, 0x8000000, 0x10000000, 0x20000000
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 1 << 18
-# (audit arch, has the x32 ABI, syscalls): ptrace, process_vm_readv/writev, kcmp, add_key,
-# request_key, keyctl, pidfd_open, pidfd_getfd, process_madvise — what reaches into another
-# process or into state (key rings) that outlives the task; no honest program needs them
-BLOCKED_SYSCALLS = {
-    "x86_64": (0xC000003E, True, (101, 310, 311, 312, 248, 249, 250, 434, 438, 440)),
-    "aarch64": (0xC00000B7, False, (117, 270, 271, 272, 217, 218, 219, 434, 438, 440)),
-}
 SHARED_DIRS = ("/tmp", "/dev/shm", "/dev/mqueue")   # writable besides the work dir (docker)
+STARTED = b"started\n"   # the supervisor's first line: the program's time starts now
+PREPARE_S = 60.0         # the most a supervisor may take to wipe and write files before that
 
 
 class TaskError(RuntimeError):
     """The task could not be started (bad command, unwritable work dir): an ``error`` verdict."""
-
-
-def libc_call(name: str, *args) -> None:
-    if getattr(LIBC, name)(*args) == -1:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{name}: {os.strerror(err)}")
-
-
-def prctl(option: int, value: int) -> None:
-    libc_call("prctl", ctypes.c_int(option), ctypes.c_ulong(value), ctypes.c_ulong(0),
-              ctypes.c_ulong(0), ctypes.c_ulong(0))
-
-
-class SockFilter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte),
-                ("k", ctypes.c_uint)]
-
-
-class SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
-
-
-def seccomp_filter():
-    """A classic BPF filter answering EPERM to BLOCKED_SYSCALLS, to any foreign-ABI syscall
-    (int 0x80, x32) and allowing the rest; None on an architecture we have no table for."""
-    spec = BLOCKED_SYSCALLS.get(os.uname().machine)
-    if spec is None:
-        return None
-    arch, x32, numbers = spec
-    deny, allow = 0x00050000 | errno.EPERM, 0x7FFF0000
-    code = [(0x20, 0, 0, 4), (0x15, 1, 0, arch), (0x06, 0, 0, deny), (0x20, 0, 0, 0)]
-    if x32:
-        code += [(0x35, 0, 1, 0x40000000), (0x06, 0, 0, deny)]
-    for nr in numbers:
-        code += [(0x15, 0, 1, nr), (0x06, 0, 0, deny)]
-    code.append((0x06, 0, 0, allow))
-    insns = (SockFilter * len(code))(*[SockFilter(*c) for c in code])
-    prog = SockFprog(len(code), insns)
-    prog.keep = insns
-    return prog
 
 
 def read_oom_kills() -> int:
@@ -108,34 +58,6 @@ def read_oom_kills() -> int:
         except (OSError, ValueError):
             continue
     return 0
-
-
-def clear_dir(path: str) -> None:
-    """Empty ``path`` as the owner of what is in it: unreadable directories are opened up first,
-    and anything left afterwards is an error, never silently kept for the next task."""
-    for entry in os.scandir(path):
-        if entry.is_dir(follow_symlinks=False):
-            os.chmod(entry.path, 0o700)
-            clear_dir(entry.path)
-            os.rmdir(entry.path)
-        else:
-            os.unlink(entry.path)
-    if os.listdir(path):
-        raise OSError(f"{path} is not empty after wiping it")
-
-
-def clear_sysv_ipc() -> None:
-    """Remove every SysV shared memory segment, message queue and semaphore set (docker: the
-    container's IPC namespace outlives the task; everything in it belongs to the program's uid)."""
-    for kind, call, args in (("shm", "shmctl", (0, None)), ("msg", "msgctl", (0, None)),
-                             ("sem", "semctl", (0, 0))):
-        try:
-            with open(f"/proc/sysvipc/{kind}") as f:
-                ids = [int(line.split()[1]) for line in f.readlines()[1:] if line.strip()]
-        except FileNotFoundError:
-            continue
-        for ident in ids:
-            libc_call(call, ident, *args)
 
 
 def check_paths(files: dict) -> None:
@@ -183,17 +105,6 @@ def program_env(req: dict) -> dict:
     return env
 
 
-def enter_user_namespace() -> None:
-    """bwrap: the program gets a user namespace of its own where it is uid 1000 and, once it
-    execs, has no capability — none at all in the namespace of its supervisor and init."""
-    uid, gid = os.getuid(), os.getgid()
-    libc_call("unshare", CLONE_NEWUSER)
-    for name, text in (("setgroups", "deny"), ("uid_map", f"{PROGRAM_UID} {uid} 1"),
-                       ("gid_map", f"{PROGRAM_UID} {gid} 1")):
-        with open(f"/proc/self/{name}", "w") as f:
-            f.write(text)
-
-
 def program_setup(req: dict, enter):
     """The program's preexec: its namespace (bwrap), rlimits, no_new_privs, the seccomp filter."""
     mb = 1024 * 1024
@@ -221,14 +132,6 @@ def program_setup(req: dict, enter):
     return setup
 
 
-def detach_stdio() -> None:
-    """A forked helper must not keep the runner's stdin/stdout (the verdict channel)."""
-    null = os.open("/dev/null", os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    os.close(null)
-
-
 def supervise(req: dict, fds: tuple, status_w: int, prepare, enter) -> None:
     """The supervisor process: prepare, start the program, report its exit status; never returns."""
     report = {}
@@ -244,6 +147,7 @@ def supervise(req: dict, fds: tuple, status_w: int, prepare, enter) -> None:
                                 preexec_fn=program_setup(req, enter), start_new_session=True)
         for fd in fds:
             os.close(fd)
+        os.write(status_w, STARTED)
         report = {"exit_code": proc.wait()}
     except BaseException as e:
         report["error"] = f"{type(e).__name__}: {e}"
@@ -447,9 +351,9 @@ class Capped:
         return text
 
 
-def pump(sinks: dict, stdin_w: int, data: bytes, until_fd: int, deadline: float) -> bool:
+def pump(sinks: dict, stdin_w: int, data: bytes, until_fd: int, deadline) -> bool:
     """Move stdin in and outputs out until ``until_fd`` (or, with it None, every output) is at EOF
-    or the deadline passes; True when the deadline passed first."""
+    or ``deadline()`` passes; True when the deadline passed first."""
     poller = select.poll()
     for fd in sinks:
         poller.register(fd, select.POLLIN)
@@ -458,7 +362,7 @@ def pump(sinks: dict, stdin_w: int, data: bytes, until_fd: int, deadline: float)
         os.set_blocking(stdin_w, False)
         poller.register(stdin_w, select.POLLOUT)
     while (until_fd in sinks) if until_fd is not None else sinks:
-        left = deadline - time.monotonic()
+        left = deadline() - time.monotonic()
         if left <= 0:
             return True
         for fd, _ in poller.poll(max(int(left * 1000), 1)):
@@ -487,12 +391,20 @@ def pump(sinks: dict, stdin_w: int, data: bytes, until_fd: int, deadline: float)
 
 
 class Status(bytearray):
+    """What the supervisor (and, bwrap, the task's fork) say on the status pipe, as it comes."""
+    started = None
+
     def add(self, chunk: bytes) -> None:
         self.extend(chunk)
+        if self.started is None and STARTED in self:
+            self.started = time.monotonic()
+
+    def deadline(self, start: float, timeout_s: float) -> float:
+        return (self.started or start + PREPARE_S) + timeout_s + 0.05
 
     def report(self):
         """The supervisor's report (and, bwrap, the task's PID 1), or None if it never came."""
-        lines = bytes(self).split(b"\n")
+        lines = [line for line in bytes(self).split(b"\n") if line + b"\n" != STARTED]
         out = {"init": int(lines[0])} if len(lines) > 1 and lines[0].isdigit() else {}
         try:
             out.update(json.loads(lines[-1]))
@@ -517,11 +429,12 @@ def run(req: dict, iso) -> dict:
     sinks = {out_r: Capped(cap), err_r: Capped(cap), st_r: status}
     stdout, stderr = sinks[out_r], sinks[err_r]
     timed_out = pump(sinks, in_w, req.get("stdin", "").encode(), st_r,
-                     start + req["timeout_s"] + 0.05)
-    wall = time.monotonic() - start
+                     lambda: status.deadline(start, req["timeout_s"]))
+    wall = time.monotonic() - (status.started or start)
     report = status.report() or {}
     iso.end(child, timed_out, report)
-    pump(sinks, None, b"", None, time.monotonic() + 5)   # every writer is gone: only EOFs left
+    drained = time.monotonic() + 5
+    pump(sinks, None, b"", None, lambda: drained)   # every writer is gone: only EOFs left
     for fd in sinks:
         os.close(fd)
     if "error" in report and not timed_out:

@@ -6,7 +6,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 STATUSES = ("ok", "error", "timeout", "memory", "killed")
-RUNNER_SOURCE = (Path(__file__).parent / "runner.py").read_text()
+_CONFINE_IMPORT = "from actors.sandbox.confine import *  # RUNNER_SOURCE inlines this module\n"
+# the runner runs as ``python3 -c`` with nothing of evoray installed: its helpers go in front of it
+RUNNER_SOURCE = ((Path(__file__).parent / "confine.py").read_text() +
+                 (Path(__file__).parent / "runner.py").read_text().replace(_CONFINE_IMPORT, ""))
 
 
 class SandboxError(RuntimeError):
