@@ -142,6 +142,7 @@ def supervise(req: dict, fds: tuple, status_w: int, prepare, enter) -> None:
             report["stage"] = "prepare"
             prepare()
         report["stage"] = "start"
+        # preexec_fn is safe here: the runner and its forks never start a thread
         proc = subprocess.Popen(req["command"], cwd=req.get("workdir", "/work"),
                                 env=program_env(req), stdin=fds[0], stdout=fds[1], stderr=fds[2],
                                 preexec_fn=program_setup(req, enter), start_new_session=True)
@@ -157,7 +158,7 @@ def supervise(req: dict, fds: tuple, status_w: int, prepare, enter) -> None:
         os._exit(0)
 
 
-def fork_child(body, keep: tuple, close: tuple) -> int:
+def fork_child(body, close: tuple) -> int:
     """Fork; the child closes ``close``, detaches from the runner's stdio and runs ``body``."""
     pid = os.fork()
     if pid == 0:
@@ -203,7 +204,7 @@ class UidIsolation:
         def body() -> None:
             self.become_program_user()
             supervise(req, fds, status_w, prepare, None)
-        return fork_child(body, fds, close)
+        return fork_child(body, close)
 
     def end(self, child: int, timed_out: bool, report) -> None:
         try:
@@ -250,7 +251,7 @@ class UidIsolation:
             data = json.dumps(out).encode()
             while data:
                 data = data[os.write(w, data):]
-        pid = fork_child(body, (w,), (r,))
+        pid = fork_child(body, (r,))
         os.close(w)
         with os.fdopen(r, "rb") as f:
             raw = f.read()
@@ -289,7 +290,7 @@ class NamespaceIsolation:
                 os.close(fd)
             os.waitpid(init, 0)
             os._exit(0)
-        return fork_child(body, fds, close)
+        return fork_child(body, close)
 
     @staticmethod
     def task_init(req: dict, fds: tuple, status_w: int, disk: int) -> None:
