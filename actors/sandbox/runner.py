@@ -207,6 +207,8 @@ class UidIsolation:
         return fork_child(body, close)
 
     def end(self, child: int, timed_out: bool, report) -> None:
+        if not timed_out and self.left_over(child):
+            self.clean = False   # the program's processes outlived it: kill them, then replace
         try:
             os.kill(-1, signal.SIGKILL)   # root: every process here but PID 1 and this runner
         except OSError:
@@ -219,6 +221,23 @@ class UidIsolation:
         if report is not None and report.get("stage") == "prepare":
             self.clean = False   # the previous task's state could not be wiped
         self.clean = self.no_strays() and self.clean
+
+    @staticmethod
+    def left_over(child: int) -> bool:
+        """Whether anything of the task still runs now that its program has ended (and its
+        supervisor, which has reported, is gone)."""
+        try:
+            os.waitpid(child, 0)
+        except ChildProcessError:
+            pass
+        while True:   # orphans of the task that already ended are zombies of ours, not survivors
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+        me = str(os.getpid())
+        return any(p.isdigit() and p not in ("1", me) for p in os.listdir("/proc"))
 
     @staticmethod
     def no_strays(wait_s: float = 1.0) -> bool:
