@@ -333,15 +333,26 @@ def test_ipc_does_not_survive_a_task(sandbox):
 
 
 WALK = """
-    wrote, skip = [], {"/proc", "/sys"}
-    for root, dirs, files in os.walk("/"):
+    wrote, skip, files = [], {"/proc", "/sys"}, []
+    for root, dirs, names in os.walk("/"):
         dirs[:] = [d for d in dirs if os.path.join(root, d) not in skip]
+        if os.statvfs(root).f_flag & os.ST_RDONLY:
+            continue   # a read-only mount (its submounts are still walked)
+        for n in names:   # files it may write to, wherever they are
+            path = os.path.join(root, n)
+            if os.path.isfile(path) and not os.path.islink(path) and os.access(path, os.W_OK):
+                try:
+                    open(path, "a").close()
+                    files.append(path)
+                except OSError:
+                    pass
         try:
             with open(os.path.join(root, "evoray-probe"), "w") as f:
                 f.write("left by the previous task")
             wrote.append(root)
         except OSError:
             pass
+    assert all(any(f.startswith(d + "/") for d in wrote) for f in files), files
     for d in wrote:   # and a directory tree it cannot list any more
         try:
             os.makedirs(os.path.join(d, "deep/er"), exist_ok=True)
@@ -366,14 +377,18 @@ def _check_writable_paths_empty(sandbox, first, make_second):
     assert json.loads(second.stdout) == {d: (["main.py"] if d == "/work" else []) for d in wrote}
 
 
+def walk() -> ExecRequest:
+    return req(WALK, limits=SandboxLimits(**{**LIMITS.__dict__, "timeout_s": 40}))
+
+
 def test_every_writable_path_is_empty_at_the_next_task(sandbox):
-    first = sandbox.run(req(WALK))
+    first = sandbox.run(walk())
     _check_writable_paths_empty(sandbox, first, lambda dirs: sandbox.run(req(CHECK, stdin=dirs)))
 
 
 def test_every_writable_path_is_empty_at_the_next_task_of_a_batch(sandbox):
-    wrote = json.loads(sandbox.run(req(WALK)).stdout)   # the dirs a walk finds writable
-    first, second = sandbox.run_many([req(WALK), req(CHECK, stdin=json.dumps(wrote))])
+    wrote = json.loads(sandbox.run(walk()).stdout)   # the dirs a walk finds writable
+    first, second = sandbox.run_many([walk(), req(CHECK, stdin=json.dumps(wrote))])
     _check_writable_paths_empty(sandbox, first, lambda dirs: second)
 
 
