@@ -1,10 +1,11 @@
-"""Process confinement for the sandbox runner: stdlib and ctypes only.
+"""The sandbox runner's dealings with the kernel and the file system: stdlib and ctypes only.
 
 Not imported inside the sandbox: ``actors.sandbox.types.RUNNER_SOURCE`` is this file followed by
 ``runner.py`` (without its import of this module), run as ``python3 -c``.
 """
 import ctypes
 import errno
+import glob
 import os
 
 PROGRAM_UID = 1000
@@ -104,18 +105,23 @@ def clear_dir(path: str) -> None:
         os.close(top)
 
 
+def sysv_ipc_ids(kind: str) -> list:
+    try:
+        with open(f"/proc/sysvipc/{kind}") as f:
+            return [int(line.split()[1]) for line in f.readlines()[1:] if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
 def clear_sysv_ipc() -> None:
     """Remove every SysV shared memory segment, message queue and semaphore set (docker: the
     container's IPC namespace outlives the task; everything in it belongs to the program's uid)."""
     for kind, call, args in (("shm", "shmctl", (0, None)), ("msg", "msgctl", (0, None)),
                              ("sem", "semctl", (0, 0))):
-        try:
-            with open(f"/proc/sysvipc/{kind}") as f:
-                ids = [int(line.split()[1]) for line in f.readlines()[1:] if line.strip()]
-        except FileNotFoundError:
-            continue
-        for ident in ids:
-            libc_call(call, ident, *args)
+        for ident in sysv_ipc_ids(kind):
+            libc_call(call, ident, *args)   # IPC_RMID
+        if sysv_ipc_ids(kind):
+            raise OSError(f"SysV {kind} objects are left after removing them all")
 
 
 def enter_user_namespace() -> None:
@@ -135,3 +141,55 @@ def detach_stdio() -> None:
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
+
+
+def read_oom_kills() -> int:
+    """OOM kills in this sandbox's memory cgroup (v1 or v2); 0 where the cgroup is not visible."""
+    for path, key in (("/sys/fs/cgroup/memory.events", "oom_kill"),
+                      ("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill")):
+        try:
+            with open(path) as f:
+                for line in f:
+                    name, _, value = line.partition(" ")
+                    if name == key:
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return 0
+
+
+def check_paths(files: dict) -> None:
+    for rel in files:
+        parts = rel.replace("\\", "/").split("/")
+        if not rel or rel.startswith("/") or ".." in parts:
+            raise ValueError(f"file path escapes the work dir: {rel!r}")
+
+
+def write_files(workdir: str, files: dict) -> None:
+    root = os.path.realpath(workdir)
+    for rel, content in files.items():
+        path = os.path.realpath(os.path.join(root, rel))
+        if not path.startswith(root + os.sep):
+            raise ValueError(f"file path escapes the work dir: {rel!r}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(content)
+
+
+def collect(workdir: str, patterns: list, cap: int) -> dict:
+    found, total = {}, 0
+    root = os.path.realpath(workdir)
+    for pattern in patterns:
+        for path in sorted(glob.glob(os.path.join(workdir, pattern), recursive=True)):
+            if not os.path.isfile(path) or os.path.islink(path) or "__pycache__" in path:
+                continue
+            if not os.path.realpath(path).startswith(root + os.sep):
+                continue   # reached through a symlinked directory: not the program's file
+            rel = os.path.relpath(path, workdir)
+            with open(path, "rb") as f:
+                data = f.read(cap - total + 1)
+            total += len(data)
+            if total > cap:
+                raise ValueError(f"collected files exceed {cap} bytes")
+            found[rel] = data.decode("utf-8", errors="replace")
+    return found

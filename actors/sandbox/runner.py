@@ -23,7 +23,6 @@ and the runner (a subreaper) reaps them all; a sandbox with anything left over r
 ``clean: false`` and the backend replaces it.
 """
 import ctypes
-import glob
 import json
 import os
 import resource
@@ -33,7 +32,12 @@ import subprocess
 import sys
 import time
 
-from actors.sandbox.confine import *  # RUNNER_SOURCE inlines this module
+from actors.sandbox.confine import (  # RUNNER_SOURCE inlines this module
+    CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, LIBC, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE,
+    MS_REC, PROGRAM_UID, PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS,
+    PR_SET_PDEATHSIG, PR_SET_SECCOMP, check_paths, clear_dir, clear_sysv_ipc, collect,
+    detach_stdio, enter_user_namespace, libc_call, prctl, read_oom_kills, seccomp_filter,
+    write_files)
 
 MEMORY_MARKERS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory")
 SHARED_DIRS = ("/tmp", "/dev/shm", "/dev/mqueue")   # writable besides the work dir (docker)
@@ -43,58 +47,6 @@ PREPARE_S = 60.0         # the most a supervisor may take to wipe and write file
 
 class TaskError(RuntimeError):
     """The task could not be started (bad command, unwritable work dir): an ``error`` verdict."""
-
-
-def read_oom_kills() -> int:
-    """OOM kills in this sandbox's memory cgroup (v1 or v2); 0 where the cgroup is not visible."""
-    for path, key in (("/sys/fs/cgroup/memory.events", "oom_kill"),
-                      ("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill")):
-        try:
-            with open(path) as f:
-                for line in f:
-                    name, _, value = line.partition(" ")
-                    if name == key:
-                        return int(value)
-        except (OSError, ValueError):
-            continue
-    return 0
-
-
-def check_paths(files: dict) -> None:
-    for rel in files:
-        parts = rel.replace("\\", "/").split("/")
-        if not rel or rel.startswith("/") or ".." in parts:
-            raise ValueError(f"file path escapes the work dir: {rel!r}")
-
-
-def write_files(workdir: str, files: dict) -> None:
-    root = os.path.realpath(workdir)
-    for rel, content in files.items():
-        path = os.path.realpath(os.path.join(root, rel))
-        if not path.startswith(root + os.sep):
-            raise ValueError(f"file path escapes the work dir: {rel!r}")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(content)
-
-
-def collect(workdir: str, patterns: list, cap: int) -> dict:
-    found, total = {}, 0
-    root = os.path.realpath(workdir)
-    for pattern in patterns:
-        for path in sorted(glob.glob(os.path.join(workdir, pattern), recursive=True)):
-            if not os.path.isfile(path) or os.path.islink(path) or "__pycache__" in path:
-                continue
-            if not os.path.realpath(path).startswith(root + os.sep):
-                continue   # reached through a symlinked directory: not the program's file
-            rel = os.path.relpath(path, workdir)
-            with open(path, "rb") as f:
-                data = f.read(cap - total + 1)
-            total += len(data)
-            if total > cap:
-                raise ValueError(f"collected files exceed {cap} bytes")
-            found[rel] = data.decode("utf-8", errors="replace")
-    return found
 
 
 def program_env(req: dict) -> dict:
@@ -132,6 +84,11 @@ def program_setup(req: dict, enter):
     return setup
 
 
+def tell(status_w: int, report: dict) -> None:
+    """A report on the status pipe: one line in one write, so writers never interleave."""
+    os.write(status_w, b"\n" + json.dumps(report).encode() + b"\n")
+
+
 def supervise(req: dict, fds: tuple, status_w: int, prepare, enter) -> None:
     """The supervisor process: prepare, start the program, report its exit status; never returns."""
     report = {}
@@ -153,7 +110,7 @@ def supervise(req: dict, fds: tuple, status_w: int, prepare, enter) -> None:
     except BaseException as e:
         report["error"] = f"{type(e).__name__}: {e}"
     try:
-        os.write(status_w, json.dumps(report).encode())
+        tell(status_w, report)
     finally:
         os._exit(0)
 
@@ -296,7 +253,7 @@ class NamespaceIsolation:
             try:
                 libc_call("unshare", CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWNS)
             except OSError as e:
-                os.write(status_w, json.dumps({"error": f"OSError: {e}"}).encode())
+                tell(status_w, {"error": f"OSError: {e}"})
                 os._exit(0)
             init = os.fork()
             if init == 0:
@@ -331,7 +288,7 @@ class NamespaceIsolation:
                     err = ctypes.get_errno()
                     raise OSError(err, f"mount {args[1].decode()}: {os.strerror(err)}")
         except OSError as e:
-            os.write(status_w, json.dumps({"error": f"OSError: {e}", "stage": "init"}).encode())
+            tell(status_w, {"error": f"OSError: {e}"})
             return
         sup = os.fork()
         if sup == 0:
@@ -423,14 +380,18 @@ class Status(bytearray):
         return (self.started or start + PREPARE_S) + timeout_s + 0.05
 
     def report(self):
-        """The supervisor's report (and, bwrap, the task's PID 1), or None if it never came."""
-        lines = [line for line in bytes(self).split(b"\n") if line + b"\n" != STARTED]
-        out = {"init": int(lines[0])} if len(lines) > 1 and lines[0].isdigit() else {}
-        try:
-            out.update(json.loads(lines[-1]))
-        except ValueError:
-            return out or None
-        return out
+        """The supervisor's report (and, bwrap, the task's PID 1), or None if it never came.
+        Each writer writes whole lines in one write, in whatever order they come."""
+        out = {}
+        for line in bytes(self).split(b"\n"):
+            if line.isdigit():
+                out["init"] = int(line)
+            elif line.startswith(b"{"):
+                try:
+                    out.update(json.loads(line))
+                except ValueError:
+                    pass
+        return out or None
 
 
 def run(req: dict, iso) -> dict:

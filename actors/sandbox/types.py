@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 STATUSES = ("ok", "error", "timeout", "memory", "killed")
-_CONFINE_IMPORT = "from actors.sandbox.confine import *  # RUNNER_SOURCE inlines this module\n"
+_CONFINE_IMPORT = re.compile(r"^from actors\.sandbox\.confine import \([^)]*\)\n", re.M)
 # the runner runs as ``python3 -c`` with nothing of evoray installed: its helpers go in front of it
 RUNNER_SOURCE = ((Path(__file__).parent / "confine.py").read_text() +
-                 (Path(__file__).parent / "runner.py").read_text().replace(_CONFINE_IMPORT, ""))
+                 _CONFINE_IMPORT.sub("", (Path(__file__).parent / "runner.py").read_text(), count=1))
 
 
 class SandboxError(RuntimeError):
