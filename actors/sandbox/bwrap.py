@@ -1,9 +1,11 @@
 """bubblewrap backend, for hosts without Docker.
 
 Every namespace is unshared (no network: only a down loopback), the host's /usr is mounted read-only,
-/work and /tmp are size-limited tmpfs, the environment is cleared, and the runner applies rlimits
-(address space, processes, file size, CPU). Run as root, we first drop to an unprivileged uid: the
-kernel exempts root from RLIMIT_NPROC, and the sandbox must not own any host file.
+/work is a size-limited tmpfs, /dev is read-only, the environment is cleared. Each task then runs in
+PID, IPC and mount namespaces of its own (fresh /proc, /tmp, /dev/shm, /dev/mqueue) and the program
+in a user namespace of its own, under rlimits and a seccomp filter (``actors/sandbox/runner.py``).
+Run as root, we first drop to an unprivileged uid: the kernel exempts root from RLIMIT_NPROC, and
+the sandbox must not own any host file.
 """
 from __future__ import annotations
 
@@ -45,8 +47,12 @@ class BwrapSandbox:
 
     def argv(self, reqs: list[ExecRequest]) -> list[str]:
         disk = str(max(r.limits.disk_mb for r in reqs) * 1024 * 1024)
+        # the runner is uid 0 of the sandbox's user namespace with CAP_SYS_ADMIN there (and nothing
+        # outside it): enough to give each task fresh PID, IPC and mount namespaces
         args = [self.bwrap, "--unshare-all", "--die-with-parent", "--new-session",
-                "--cap-drop", "ALL", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
+                "--uid", "0", "--gid", "0", "--cap-drop", "ALL", "--cap-add", "CAP_SYS_ADMIN",
+                "--cap-add", "CAP_SETFCAP",   # lets a program's own namespace map the runner's uid
+                "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
                 "--ro-bind", "/usr", "/usr"]
         for link in ("bin", "sbin", "lib", "lib64", "lib32"):
             target = Path("/") / link
@@ -56,7 +62,9 @@ class BwrapSandbox:
                 args += ["--ro-bind", str(target), f"/{link}"]
         if Path("/etc/ld.so.cache").exists():
             args += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-        args += ["--proc", "/proc", "--dev", "/dev",
+        # /dev read-only: the device nodes programs use stay writable as devices, and each task
+        # gets its own /dev/shm and /dev/mqueue mounted over these (actors/sandbox/runner.py)
+        args += ["--proc", "/proc", "--dev", "/dev", "--dir", "/dev/mqueue", "--remount-ro", "/dev",
                  "--size", disk, "--tmpfs", "/work", "--size", disk, "--tmpfs", "/tmp",
                  "--chdir", "/work"]
         if self.gateway_dir:
@@ -72,8 +80,8 @@ class BwrapSandbox:
 
     def run_batch(self, reqs: list[ExecRequest]) -> list[ExecResult]:
         # RLIMIT_NPROC counts the uid's processes in the sandbox's own user namespace
-        payload = json.dumps({"batch": [r.runner_input(nproc=r.limits.pids, kill_all=True)
-                                        for r in reqs]})
+        payload = json.dumps({"isolation": "namespaces", "batch": [
+            r.runner_input(nproc=r.limits.pids, disk_bytes=r.limits.disk_mb << 20) for r in reqs]})
         start = time.monotonic()
         try:
             proc = subprocess.run(self.argv(reqs), input=payload.encode(), capture_output=True,

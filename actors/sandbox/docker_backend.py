@@ -1,11 +1,14 @@
 """Docker backend: a pool of warm containers, reused between tasks.
 
-Each container runs a zombie reaper as PID 1 under a non-root user, with no network, a read-only
-root filesystem, tmpfs /work and /tmp, dropped capabilities, and memory/pids/CPU cgroup limits. A
-task is one ``docker exec`` of the runner; the runner wipes /work and /tmp first and kills every
-process the program left behind afterwards, so reuse leaks nothing between tasks. A container that
-stops answering is removed and replaced. Starting a container costs ~1 s; an exec ~50 ms — the pool
-is why this is far faster than one ``docker run`` per task.
+Each container runs a zombie reaper as PID 1, with no network, a read-only root filesystem, tmpfs
+/work and /tmp, memory/pids/CPU cgroup limits, no-new-privileges, and of all capabilities only
+SETUID, SETGID and KILL — for root, which only PID 1 and the runner are. A task is one ``docker
+exec`` of the runner as root; the program runs as uid 1000 with none of them, so it can neither
+ptrace, signal nor read the runner, whose stdout carries the verdicts. Before each program, its
+uid-1000 supervisor wipes /work, /tmp, /dev/shm, /dev/mqueue and SysV IPC; after it, the runner
+kills every process of the task. A container whose runner did not answer, or answered that
+something was left over, is removed and replaced, never reused. Starting a container costs ~1 s;
+an exec ~50 ms — the pool is why this is far faster than one ``docker run`` per task.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from actors.sandbox.types import (RUNNER_SOURCE, ExecRequest, ExecResult, Sandbo
 
 GRACE_S = 10.0
 # PID 1 of each container: reaps orphans (so zombies never eat the pids limit) and is exempt
-# from the runner's kill(-1), which ends everything else the sandbox user started.
+# from the runner's kill(-1), which ends everything else.
 REAPER = ("import os, time\n"
           "while True:\n"
           "    try:\n"
@@ -32,6 +35,9 @@ REAPER = ("import os, time\n"
           "    except ChildProcessError:\n"
           "        time.sleep(0.5)\n")
 SANDBOX_UID = "1000:1000"
+RUNNER_UID = "0:0"
+# what root (PID 1 and the runner) keeps: to start the program as uid 1000 and to kill it all
+RUNNER_CAPS = ["SETUID", "SETGID", "KILL"]
 
 
 def container_options(image: str, limits: SandboxLimits, gateway_dir: str | None) -> dict:
@@ -44,6 +50,13 @@ def container_options(image: str, limits: SandboxLimits, gateway_dir: str | None
                 labels={"evoray.sandbox": f"{socket.gethostname()}:{os.getpid()}"})
     if gateway_dir:
         opts["volumes"] = {gateway_dir: {"bind": "/run/evoray", "mode": "ro"}}
+    return opts
+
+
+def pool_container_options(image: str, limits: SandboxLimits, gateway_dir: str | None) -> dict:
+    """A warm container: root PID 1 and runner (the program never is), two more pids for them."""
+    opts = container_options(image, limits, gateway_dir)
+    opts.update(user=RUNNER_UID, cap_add=RUNNER_CAPS, pids_limit=limits.pids + 2)
     return opts
 
 
@@ -86,7 +99,7 @@ class DockerSandbox:
         atexit.register(self.close)
 
     def _new_container(self):
-        opts = container_options(self.image, self.limits, self.gateway_dir)
+        opts = pool_container_options(self.image, self.limits, self.gateway_dir)
         opts.pop("detach")
         c = self.client.containers.create(**opts)
         try:
@@ -128,21 +141,24 @@ class DockerSandbox:
         start = time.monotonic()
         deadline = start + sum(r.limits.timeout_s for r in reqs) + GRACE_S
         try:
-            results = ExecResult.from_batch(self._exec(container, reqs, deadline), len(reqs),
-                                            self.backend)
+            results, clean = ExecResult.parse_batch(self._exec(container, reqs, deadline),
+                                                    len(reqs), self.backend)
         except (OSError, socket.timeout, ValueError, KeyError) as e:
             self._discard(container)   # a wedged or killed runner: never reuse that container
             why = f"the runner did not answer ({type(e).__name__})"
             return [ExecResult.sandbox_failure(self.backend, time.monotonic() - start, why)] * len(reqs)
-        self.idle.put(container)
+        if clean:
+            self.idle.put(container)
+        else:
+            self._discard(container)   # something of the batch outlived it: replace, don't reuse
         return results
 
     def _exec(self, container, reqs: list[ExecRequest], deadline: float) -> bytes:
         api = self.client.api
         # the pids cgroup limits processes; RLIMIT_NPROC would count the uid across all containers
-        payload = json.dumps({"batch": [r.runner_input(kill_all=True) for r in reqs]}).encode()
+        payload = json.dumps({"isolation": "uid", "batch": [r.runner_input() for r in reqs]}).encode()
         ex = api.exec_create(container.id, ["python3", "-c", RUNNER_SOURCE], stdin=True,
-                             user=SANDBOX_UID, workdir="/work", environment={})
+                             user=RUNNER_UID, workdir="/", environment={})
         sock = api.exec_start(ex["Id"], socket=True)
         raw = getattr(sock, "_sock", sock)
         try:

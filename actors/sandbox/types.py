@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 STATUSES = ("ok", "error", "timeout", "memory", "killed")
-RUNNER_SOURCE = (Path(__file__).parent / "runner.py").read_text()
+_CONFINE_IMPORT = re.compile(r"^from actors\.sandbox\.confine import \([^)]*\)\n", re.M)
+# the runner runs as ``python3 -c`` with nothing of evoray installed: its helpers go in front of it
+RUNNER_SOURCE = ((Path(__file__).parent / "confine.py").read_text() +
+                 _CONFINE_IMPORT.sub("", (Path(__file__).parent / "runner.py").read_text(), count=1))
 
 
 class SandboxError(RuntimeError):
@@ -70,10 +74,17 @@ class ExecResult:
     @classmethod
     def from_batch(cls, raw: bytes, n: int, backend: str) -> list["ExecResult"]:
         """Parse the runner's answer to a batch of ``n``; raises ValueError when it is not one."""
-        results = json.loads(raw)["results"]
+        return cls.parse_batch(raw, n, backend)[0]
+
+    @classmethod
+    def parse_batch(cls, raw: bytes, n: int, backend: str) -> tuple[list["ExecResult"], bool]:
+        """The results and whether the runner left its sandbox clean (nothing of the batch still
+        running, nothing it could not wipe): a sandbox that is not clean is never reused."""
+        answer = json.loads(raw)
+        results = answer["results"]
         if len(results) != n:
             raise ValueError(f"the runner answered {len(results)} results for {n} requests")
-        return [cls.from_runner(r, backend) for r in results]
+        return [cls.from_runner(r, backend) for r in results], answer.get("clean") is True
 
     @classmethod
     def sandbox_failure(cls, backend: str, wall_s: float, why: str) -> "ExecResult":
