@@ -1,0 +1,121 @@
+"""HumanEval's in-sandbox harness and the plain-data codec the host shares with it (stdlib only).
+
+Run as ``python3 -I -B -c <this file>`` in the sandbox with ``solution.py`` in the work dir and
+``{"entry": name, "calls": [encoded (args, kwargs), ...]}`` on stdin. It imports the solution, calls
+the entry point on each input and writes one line per call to the original stdout:
+``R <i> <encoded value>`` or ``E <i> <exception name>``. The candidate's own prints go to stderr.
+
+Nothing here is trusted: the solution runs in this process and may rewrite any of it. It can only
+*claim* outputs, though — the hidden tests and the expected outputs never enter the sandbox, and the
+host decodes each claim strictly into plain data (``decode``) before its ``check`` sees it.
+
+The codec is JSON with tags for what JSON loses: ``{"t": [..]}`` a tuple, ``{"d": [[k, v], ..]}``
+a dict (any plain keys), ``{"s": [..]}`` a set, ``{"f": [..]}`` a frozenset; NaN and infinities as
+Python's json writes them. Exactly None, bool, int, float, str and those containers: a subclass
+(an ``int`` whose ``__eq__`` lies) or any other class is not plain data.
+"""
+import json
+
+MAX_DEPTH = 64
+MAX_LINE = 1 << 20
+TAGS = {"t": tuple, "s": set, "f": frozenset}
+
+
+class NotPlain(TypeError):
+    pass
+
+
+def tag(v, depth=0):
+    if depth > MAX_DEPTH:
+        raise NotPlain("nested too deeply")
+    t = type(v)
+    if v is None or t in (bool, int, float, str):
+        return v
+    if t is list:
+        return [tag(x, depth + 1) for x in v]
+    if t is dict:
+        return {"d": [[tag(k, depth + 1), tag(x, depth + 1)] for k, x in v.items()]}
+    for key, kind in TAGS.items():
+        if t is kind:
+            return {key: [tag(x, depth + 1) for x in v]}
+    raise NotPlain(f"{t.__name__} is not plain data")
+
+
+def encode(v) -> str:
+    return json.dumps(tag(v), separators=(",", ":"))
+
+
+def untag(v, depth=0):
+    if depth > MAX_DEPTH:
+        raise NotPlain("nested too deeply")
+    t = type(v)
+    if v is None or t in (bool, int, float, str):
+        return v
+    if t is list:
+        return [untag(x, depth + 1) for x in v]
+    if t is not dict or len(v) != 1:
+        raise NotPlain("malformed value")
+    (key, items), = v.items()
+    if type(items) is not list:
+        raise NotPlain("malformed value")
+    if key == "d":
+        if not all(type(p) is list and len(p) == 2 for p in items):
+            raise NotPlain("malformed dict")
+        return {untag(k, depth + 1): untag(x, depth + 1) for k, x in items}
+    if key not in TAGS:
+        raise NotPlain(f"unknown tag {key!r}")
+    return TAGS[key](untag(x, depth + 1) for x in items)
+
+
+def decode(text: str):
+    """Plain data from ``encode``'s text, or NotPlain; nothing else is ever built."""
+    if len(text) > MAX_LINE:
+        raise NotPlain("value too large")
+    try:
+        return untag(json.loads(text))
+    except NotPlain:
+        raise
+    except (ValueError, RecursionError, TypeError) as e:   # TypeError: unhashable dict key
+        raise NotPlain(f"unreadable value: {type(e).__name__}") from None
+
+
+def same(a, b) -> bool:
+    """Equal and of the very same plain types all the way down (NaN equals NaN)."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is float:
+        return a == b or (a != a and b != b)
+    if type(a) in (list, tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if type(a) is dict:
+        return len(a) == len(b) and all(
+            same(k, l) and same(v, w) for (k, v), (l, w) in zip(a.items(), b.items()))
+    return a == b
+
+
+def main() -> None:
+    import os
+    import sys
+    spec = json.loads(sys.stdin.read())
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)   # the solution's prints (Python or C) go to stderr, not into the results
+    sys.path.append(os.getcwd())   # after the stdlib: a repo file cannot shadow a module
+    try:
+        import importlib
+        fn = getattr(importlib.import_module("solution"), spec["entry"])
+    except BaseException as e:   # SystemExit too: the solution never got to answer
+        out.write(f"X 0 {json.dumps(type(e).__name__)}\n")
+        out.flush()
+        return
+    for i, call in enumerate(spec["calls"]):
+        try:
+            args, kwargs = decode(call)
+            line = f"R {i} {encode(fn(*args, **kwargs))}"
+        except BaseException as e:   # an exception for an input fails that call, nothing more
+            line = f"E {i} {json.dumps(type(e).__name__)}"
+        out.write(line[:MAX_LINE + 32] + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    main()
