@@ -48,6 +48,10 @@ def bad_request(message: str) -> GatewayError:
     return GatewayError(400, "invalid_request_error", message)
 
 
+def over_budget(message: str) -> GatewayError:
+    return GatewayError(429, "budget_exceeded", message)
+
+
 class Backend(Protocol):
     def complete(self, messages: list[dict], max_tokens: int, temperature: float,
                  stop: list[str] | None) -> tuple[str, int, int]: ...
@@ -128,8 +132,9 @@ class OpenAIBackend:
                 reply = json.loads(resp.read())
             text = reply["choices"][0]["message"]["content"] or ""
         except urllib.error.HTTPError as e:
+            raw = redact(e.read().decode("utf-8", "replace"), [self.key] if self.key else [])
             raise GatewayError(502, "upstream_error", f"upstream {self.url} answered HTTP {e.code}: "
-                               f"{error_message(e.read())}") from None
+                               f"{error_message(raw)}") from None
         except OSError as e:   # URLError, refused connections and timeouts
             raise GatewayError(502, "upstream_error",
                                f"upstream {self.url} unreachable: {getattr(e, 'reason', e)}") from None
@@ -142,11 +147,45 @@ class OpenAIBackend:
                 int(usage.get("completion_tokens", len(text) // 4)))
 
 
-def error_message(raw: bytes) -> str:
+def error_message(raw: str) -> str:
+    """The upstream's error message, cut short; ``raw`` must already be redacted."""
     try:
         return str(json.loads(raw)["error"]["message"])[:500]
     except (ValueError, KeyError, TypeError):
-        return raw.decode("utf-8", "replace")[:500]
+        return raw[:500]
+
+
+def fragment_length(secret: str) -> int:
+    """How long a piece of ``secret`` must be to count as leaking it: 8 characters (half of a
+    short secret)."""
+    return max(4, min(8, len(secret) // 2))
+
+
+def redact(text: str, secrets_: list[str]) -> str:
+    """``text`` with every piece of each secret at least ``fragment_length`` long replaced: every
+    such piece contains one of the secret's windows of that length, so finding the windows and
+    merging their spans covers them all."""
+    spans = []
+    for secret in secrets_:
+        n = fragment_length(secret)
+        for window in {secret[i:i + n] for i in range(len(secret) - n + 1)}:
+            at = text.find(window)
+            while at >= 0:
+                spans.append((at, at + n))
+                at = text.find(window, at + 1)
+    if not spans:
+        return text
+    spans.sort()
+    out, pos, merged = [], 0, [list(spans[0])]
+    for start, end in spans[1:]:
+        if start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    for start, end in merged:
+        out += [text[pos:start], "[redacted]"]
+        pos = end
+    return "".join(out + [text[pos:]])
 
 
 class ReplayRule(Strict):
@@ -172,6 +211,9 @@ class ReplayBackend:
             raise ValueError(f"{path}: invalid replay rule: {e}") from None
         self.left, self.lock = [r.times for r in self.rules], threading.Lock()
 
+    def prompt_bound(self, messages) -> int:
+        return sum(len(m["content"].split()) for m in messages)   # exactly what complete() charges
+
     def complete(self, messages, max_tokens, temperature, stop):
         text = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
         with self.lock:
@@ -195,31 +237,52 @@ def apply_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
     return (text[:min(cuts)], True) if cuts else (text, False)
 
 
+def _number(request: dict, key: str, default: float, low: float) -> float:
+    value = request.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < float("inf"):
+        raise bad_request(f"'{key}' must be a finite number >= {low:g}, not {value!r}"[:200])
+    return float(value)
+
+
+def _content(m, i: int) -> str:
+    content = m.get("content") if isinstance(m, dict) else None
+    if isinstance(content, list):   # OpenAI content parts: keep the text ones
+        if not all(isinstance(p, dict) and isinstance(p.get("text", ""), str) for p in content):
+            raise bad_request(f"messages[{i}].content parts must be objects with a string 'text'")
+        content = "".join(p.get("text", "") for p in content)
+    if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(content, str):
+        raise bad_request(f"messages[{i}] must be an object with a string 'role' and messages[{i}]"
+                          ".content a string")
+    return content
+
+
 def parse_request(request: dict, cap: int) -> tuple[list[dict], int, float, list[str] | None]:
-    """(messages, max_tokens, temperature, stop) of a chat request, or a 400 saying what is wrong."""
+    """(messages, max_tokens, temperature, stop) of a chat request, or a 400 naming the field."""
     msgs, stop = request.get("messages"), request.get("stop")
     if not isinstance(msgs, list) or not msgs:
         raise bad_request("'messages' must be a non-empty list of {role, content} objects")
-    messages = []
-    for i, m in enumerate(msgs):
-        content = m.get("content") if isinstance(m, dict) else None
-        if isinstance(content, list):   # OpenAI content parts: keep the text
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(content, str):
-            raise bad_request(f"messages[{i}] must be an object with a string 'role' and messages[{i}]"
-                              ".content a string")
-        messages.append({"role": m["role"], "content": content})
+    messages = [{"role": m["role"], "content": _content(m, i)} for i, m in enumerate(msgs)
+                if _content(m, i) is not None]
     max_tokens = request.get("max_tokens", request.get("max_completion_tokens"))
     max_tokens = cap if max_tokens is None else max_tokens
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise bad_request(f"'max_tokens' must be a positive integer, not {max_tokens!r}")
-    temperature = request.get("temperature", 1.0)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
-        raise bad_request(f"'temperature' must be a number >= 0, not {temperature!r}")
+        raise bad_request(f"'max_tokens' must be a positive integer, not {max_tokens!r}"[:200])
+    temperature = _number(request, "temperature", 1.0, 0.0)
+    _number(request, "top_p", 1.0, 0.0)
     stop = [stop] if isinstance(stop, str) else stop
     if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
         raise bad_request("'stop' must be a string or a list of strings")
-    return messages, min(max_tokens, cap), float(temperature), stop
+    if request.get("stream") not in (None, False):
+        raise bad_request("'stream' is not supported: leave it out or false")
+    if request.get("n", 1) != 1 or isinstance(request.get("n"), bool):
+        raise bad_request("'n' must be 1: one choice per request")
+    return messages, min(max_tokens, cap), temperature, stop
+
+
+def prompt_bound(messages: list[dict]) -> int:
+    """At least the prompt's tokens under any tokenizer we route to: a token covers at least one
+    UTF-8 byte, and chat templates add a few tokens per message (and a default system prompt)."""
+    return sum(len(m["content"].encode()) + 8 for m in messages) + 64
 
 
 def empty_usage() -> dict:
@@ -253,6 +316,7 @@ class Gateway:
         self.redacted = [b.key for b in self.backends.values() if getattr(b, "key", None)]
         self.tokens: dict[str, str] = {}
         self.runs: dict[str, dict] = {}
+        self.held: dict[str, list] = {}   # run → [tokens, usd] reserved by requests in flight
         self.lock = threading.Lock()
         self.servers: list[ThreadingHTTPServer] = []
         self.address: dict = {}
@@ -342,14 +406,24 @@ class Gateway:
 
     def chat(self, run: str, request: dict) -> dict:
         name = request.get("model") or self.cfg.default_model or self.cfg.routes[0].name
+        if not isinstance(name, str):
+            raise bad_request(f"'model' must be a string, not {type(name).__name__}")
         if name not in self.routes:
             raise GatewayError(404, "model_not_found",
-                               f"model {name!r} is not served here; models: {sorted(self.routes)}")
-        route = self.routes[name]
+                               f"model {name[:100]!r} is not served here; models: {sorted(self.routes)}")
+        route, backend = self.routes[name], self.backends[name]
         messages, max_tokens, temperature, stop = parse_request(request, route.max_new_tokens_cap)
-        max_tokens = min(max_tokens, self.check_budget(run))
-        text, prompt_tokens, completion_tokens = self.backends[name].complete(
-            messages, max_tokens, temperature, stop)
+        bound = getattr(backend, "prompt_bound", prompt_bound)(messages)
+        max_tokens, hold = self.reserve(run, route, bound, max_tokens)
+        try:
+            text, prompt_tokens, completion_tokens = backend.complete(
+                messages, max_tokens, temperature, stop)
+        finally:
+            self.release(run, hold)
+        if prompt_tokens > bound or completion_tokens > max_tokens:
+            log.warning("route %s reported %d + %d tokens, over the %d + %d reserved; charging the "
+                        "reservation", name, prompt_tokens, completion_tokens, bound, max_tokens)
+            prompt_tokens, completion_tokens = min(prompt_tokens, bound), min(completion_tokens, max_tokens)
         text, stopped = apply_stop(text, stop)
         self.charge(run, route, prompt_tokens, completion_tokens)
         return {"id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion",
@@ -360,19 +434,40 @@ class Gateway:
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens}}
 
-    def check_budget(self, run: str) -> int:
-        """Refuse a run that has reached a budget, else say how many tokens it may still use.
-        Requests in flight together all pass, so a run may overshoot by what they use."""
+    def reserve(self, run: str, route: ModelRoute, prompt: int, max_tokens: int) -> tuple[int, tuple]:
+        """Hold the most this request can cost (``prompt`` tokens, an upper bound, plus the reply's
+        ``max_tokens``, lowered to what the budgets leave), or refuse it with 429 before any work.
+        Spent plus held never exceeds a budget, however many requests run at once."""
+        cfg = self.cfg
         with self.lock:
-            used = self.runs[run]["prompt_tokens"] + self.runs[run]["completion_tokens"]
-            cost = self.runs[run]["cost_usd"]
-        if self.cfg.max_tokens is not None and used >= self.cfg.max_tokens:
-            raise GatewayError(429, "budget_exceeded", f"run {run!r} has used {used} tokens; "
-                               f"its max_tokens budget is {self.cfg.max_tokens}")
-        if self.cfg.max_cost_usd is not None and cost >= self.cfg.max_cost_usd:
-            raise GatewayError(429, "budget_exceeded", f"run {run!r} has spent ${cost:.6f}; "
-                               f"its max_cost_usd budget is ${self.cfg.max_cost_usd:.6f}")
-        return self.cfg.max_tokens - used if self.cfg.max_tokens is not None else 1 << 62
+            u, held = self.runs[run], self.held.setdefault(run, [0, 0.0])
+            used, cost = u["prompt_tokens"] + u["completion_tokens"], u["cost_usd"]
+            if cfg.max_tokens is not None:
+                left = cfg.max_tokens - used - held[0]
+                if prompt >= left:
+                    raise over_budget(f"run {run!r} has used {used} tokens and holds {held[0]} for "
+                                      f"requests in flight; this prompt needs up to {prompt} and "
+                                      f"more for the reply: its max_tokens budget is {cfg.max_tokens}")
+                max_tokens = min(max_tokens, left - prompt)
+            usd_in, usd_out = route.input_usd_per_mtok / 1e6, route.output_usd_per_mtok / 1e6
+            if cfg.max_cost_usd is not None:
+                left_usd = cfg.max_cost_usd - cost - held[1] - prompt * usd_in
+                if usd_out > 0:
+                    max_tokens = min(max_tokens, int(left_usd / usd_out))
+                if left_usd <= 0 or max_tokens < 1:
+                    raise over_budget(f"run {run!r} has spent ${cost:.6f} and holds ${held[1]:.6f} "
+                                      f"for requests in flight; this prompt needs more than its "
+                                      f"max_cost_usd budget of ${cfg.max_cost_usd:.6f} leaves")
+            hold = (prompt + max_tokens, prompt * usd_in + max_tokens * usd_out)
+            held[0] += hold[0]
+            held[1] += hold[1]
+        return max_tokens, hold
+
+    def release(self, run: str, hold: tuple) -> None:
+        with self.lock:
+            held = self.held[run]
+            held[0] -= hold[0]
+            held[1] -= hold[1]
 
     def charge(self, run: str, route: ModelRoute, prompt_tokens: int, completion_tokens: int) -> None:
         cost = (prompt_tokens * route.input_usd_per_mtok + completion_tokens * route.output_usd_per_mtok) / 1e6
@@ -385,9 +480,7 @@ class Gateway:
                 u["cost_usd"] += cost
 
     def redact(self, text: str) -> str:
-        for secret in self.redacted:   # an upstream's error message could quote the key
-            text = text.replace(secret, "[redacted]")
-        return text
+        return redact(text, self.redacted)   # an upstream's error message could quote the key
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -396,10 +489,16 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         gateway: Gateway = self.server.gateway
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
+        raw_length = (self.headers.get("Content-Length") or "0").strip()
+        length = int(raw_length) if raw_length.isascii() and raw_length.isdigit() else -1
+        if length < 0:
+            status, obj = 400, {"error": {"type": "invalid_request_error",
+                                          "message": "Content-Length must be a non-negative integer"}}
+            self.close_connection = True   # the body's end is unknown
+        elif length > MAX_BODY_BYTES:
             status, obj = 413, {"error": {"type": "invalid_request_error",
                                           "message": f"body of {length} bytes exceeds {MAX_BODY_BYTES}"}}
+            self.close_connection = True
         else:
             body = self.rfile.read(length) if length > 0 else b""
             status, obj = gateway.handle(self.command, self.path, self.headers.get("Authorization"), body)
