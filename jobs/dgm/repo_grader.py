@@ -8,8 +8,9 @@ the host) passed.
 
 Residual risk, stated plainly: the tests import the repo, so repo code runs inside the tests'
 process. It cannot shadow a module or edit a test, and a generic trick (exit 0 early, a fake
-``unittest``, printing "OK") fails; but code written against this harness can still tamper at run
-time (monkeypatch ``unittest`` or find the nonce in the harness's frames). Only comparing plain
+``unittest``, printing "OK", monkeypatching ``unittest`` or ``builtins`` and leaving it so) fails;
+but code written against this harness can still tamper at run time (patch and restore before the
+check, patch the harness itself, or find the nonce in its frames and print a summary). Only comparing plain
 outputs outside that process, as HumanEval's grading does, closes that; general test suites
 cannot be graded that way.
 """
@@ -115,6 +116,7 @@ def judge(test_files: dict[str, str], nonce: str, status: str, stdout: str) -> t
         summary = json.loads(lines[0].split(" ", 2)[2])
         passed = {t for t in summary["passed"] if isinstance(t, str)}
         bad = len(summary["failed"]) + len(summary["errors"])
+        changed = [str(t) for t in summary["tampered"]]
     except (ValueError, KeyError, TypeError):
         return False, "unreadable test summary"
     missing = expected_tests(test_files) - passed
@@ -122,4 +124,6 @@ def judge(test_files: dict[str, str], nonce: str, status: str, stdout: str) -> t
            f"skipped; run ended {status}")
     if missing:
         why += f"; did not pass: {', '.join(sorted(missing)[:10])}"
-    return status == "ok" and not bad and not missing, why
+    if changed:
+        why += f"; the test framework was changed while the tests ran: {', '.join(changed)}"
+    return status == "ok" and not bad and not missing and not changed, why

@@ -12,7 +12,8 @@ and ``hidden/`` (the tests); stdin: ``{"nonce", "tests": {path: sha256}, "repo",
   ``unittest.py``, ``conftest.py`` or ``pytest/`` shadows nothing the tests import.
 - The summary line carries the per-task nonce, and lists each test that passed; the host requires
   exactly one such line and every hidden test in it, so exiting 0 early, or printing unittest's
-  "OK", is a failure.
+  "OK", is a failure. It also names any attribute of ``unittest`` or ``builtins`` that changed
+  during the run (a repo monkeypatching the test framework), which fails the task.
 """
 import hashlib
 import importlib.machinery
@@ -64,6 +65,25 @@ class Result(unittest.TestResult):
         self.passed.append(test.id())
 
 
+def snapshot() -> dict:
+    """Every attribute of the test framework's modules and classes, and of builtins, by identity:
+    a repo that monkeypatches them (``TestCase.assertEqual = ...``) is caught afterwards."""
+    import builtins
+    found = {}
+    for mod in [builtins] + [m for n, m in sorted(sys.modules.items()) if n.startswith("unittest")]:
+        found[mod.__name__] = {k: id(v) for k, v in vars(mod).items() if k != "_"}
+        for name, obj in vars(mod).items():
+            if isinstance(obj, type) and getattr(obj, "__module__", "").startswith("unittest"):
+                found[f"{mod.__name__}.{name}"] = {k: id(v) for k, v in vars(obj).items()}
+    return found
+
+
+def tampered(before: dict) -> list:
+    after = snapshot()
+    return sorted(f"{owner}.{k}" for owner, attrs in before.items()
+                  for k, v in attrs.items() if after.get(owner, {}).get(k) != v)[:20]
+
+
 def read_verified(root: str, tests: dict) -> dict:
     sources = {}
     for rel, digest in tests.items():
@@ -102,17 +122,19 @@ def main() -> None:
     sys.path.append(repo)
     os.chdir(repo)   # tests that open repo files by relative path find them
     result = Result()
+    before = snapshot()
     run_tests(sources, result)
+    changed = tampered(before)
     for what, items in (("FAIL", result.failures), ("ERROR", result.errors)):
         for test, tb in items:
             sys.stderr.write(f"{what}: {test}\n{tb}\n")
     summary = {"run": result.testsRun, "passed": result.passed,
                "failed": [str(t) for t, _ in result.failures],
                "errors": [str(t) for t, _ in result.errors],
-               "skipped": [str(t) for t, _ in result.skipped]}
+               "skipped": [str(t) for t, _ in result.skipped], "tampered": changed}
     out.write(f"{PREFIX} {nonce} {json.dumps(summary)}\n")
     out.flush()
-    sys.exit(0 if result.wasSuccessful() and not result.errors else 1)
+    sys.exit(0 if result.wasSuccessful() and not changed else 1)
 
 
 if __name__ == "__main__":

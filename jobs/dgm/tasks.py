@@ -129,12 +129,12 @@ def _task_from_json(obj, base: Path) -> CodeTask:
         tests = obj["test_files"]
         if not (isinstance(tests, dict) and all(isinstance(v, str) for v in tests.values())):
             raise ValueError("'test_files' must map paths to text")
-    repo_grader.check_test_files(tests, cmd)
     timeout = obj.get("timeout_s", 60.0)
     if not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ValueError("'timeout_s' must be a positive number")
-    return CodeTask(str(obj["task_id"]), str(obj["statement"]),
-                    read_tree(_dir(base, obj["repo_dir"], "repo_dir")), dict(tests), list(cmd),
+    repo = read_tree(_dir(base, obj["repo_dir"], "repo_dir"))
+    repo_grader.check_test_files(tests, cmd)
+    return CodeTask(str(obj["task_id"]), str(obj["statement"]), repo, dict(tests), list(cmd),
                     float(timeout))
 
 
