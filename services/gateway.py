@@ -324,7 +324,7 @@ class Gateway:
     def start(self) -> dict:
         """Serve on TCP and (when a socket path was given) on the Unix socket, in daemon threads."""
         if not self.servers:
-            self.servers = [ThreadingHTTPServer((self.cfg.tcp_host, self.cfg.tcp_port), Handler)]
+            self.servers = [GatewayHTTPServer((self.cfg.tcp_host, self.cfg.tcp_port), Handler)]
             if self.socket_path:
                 self.servers.append(unix_server(self.socket_path))
             for server in self.servers:
@@ -381,8 +381,8 @@ class Gateway:
                 return 200, {"run": run, **self.usage(run)}
             try:
                 request = json.loads(body)
-            except ValueError as e:
-                raise bad_request(f"request body is not valid JSON: {e}") from None
+            except (ValueError, RecursionError) as e:   # RecursionError: absurdly deep nesting
+                raise bad_request(f"request body is not valid JSON: {str(e)[:200]}") from None
             if not isinstance(request, dict):
                 raise bad_request("request body must be a JSON object")
             return 200, self.chat(run, request)
@@ -520,7 +520,11 @@ class Handler(BaseHTTPRequestHandler):
         log.debug("gateway: " + format, *args)
 
 
-class UnixHTTPServer(ThreadingHTTPServer):
+class GatewayHTTPServer(ThreadingHTTPServer):
+    request_queue_size = 128   # the default 5 resets a burst of concurrent agents' connections
+
+
+class UnixHTTPServer(GatewayHTTPServer):
     address_family = socket.AF_UNIX
 
     def server_bind(self) -> None:

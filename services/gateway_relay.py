@@ -64,8 +64,8 @@ class _Link:
 
     def pump(self, src: socket.socket, dst: socket.socket, way: str, idle_s: float,
              request_s: float) -> None:
-        """Copy ``src`` to ``dst``; at EOF pass the half-close on (the other way may still have a
-        reply to carry); on an error or idleness close both ways."""
+        """Copy ``src`` to ``dst``. The client's EOF is passed on (the reply may still come); the
+        gateway's EOF, an error or idleness close both ways."""
         poller = select.poll()
         poller.register(src, select.POLLIN)
         try:
@@ -75,9 +75,11 @@ class _Link:
                         break
                     continue
                 chunk = src.recv(65536)
-                if not chunk:
+                if not chunk and way == "up":   # the request is complete; its reply may follow
                     dst.shutdown(socket.SHUT_WR)
                     return
+                if not chunk:   # the gateway is done with this connection: so is the relay
+                    break
                 self.last[way] = time.monotonic()
                 dst.sendall(chunk)
         except OSError:
