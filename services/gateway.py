@@ -289,6 +289,12 @@ def empty_usage() -> dict:
     return {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
 
 
+def new_run() -> dict:
+    # refused_*: requests turned away because they did not fit in what a budget had left, which
+    # is how a run learns its budget is as good as spent (reservations keep spend below it)
+    return {**empty_usage(), "models": {}, "refused_tokens": 0, "refused_cost": 0}
+
+
 def active_routes(cfg: GatewayConfig, environ) -> GatewayConfig:
     """Drop optional routes whose API key is not set, so one config serves with a key (the external
     model first) and without one (the in-cluster model)."""
@@ -349,13 +355,13 @@ class Gateway:
         token = secrets.token_urlsafe(24)
         with self.lock:
             self.tokens[token] = run
-            self.runs.setdefault(run, {**empty_usage(), "models": {}})
+            self.runs.setdefault(run, new_run())
         return token
 
     def restore_usage(self, run: str, usage: dict) -> None:
         """Carry a resumed run's earlier usage over, so its budget spans the whole run."""
         with self.lock:
-            total = self.runs.setdefault(run, {**empty_usage(), "models": {}})
+            total = self.runs.setdefault(run, new_run())
             for key in ("requests", "prompt_tokens", "completion_tokens", "cost_usd"):
                 total[key] += usage.get(key, 0)
 
@@ -445,6 +451,7 @@ class Gateway:
             if cfg.max_tokens is not None:
                 left = cfg.max_tokens - used - held[0]
                 if prompt >= left:
+                    u["refused_tokens"] += 1
                     raise over_budget(f"run {run!r} has used {used} tokens and holds {held[0]} for "
                                       f"requests in flight; this prompt needs up to {prompt} and "
                                       f"more for the reply: its max_tokens budget is {cfg.max_tokens}")
@@ -455,6 +462,7 @@ class Gateway:
                 if usd_out > 0:
                     max_tokens = min(max_tokens, int(left_usd / usd_out))
                 if left_usd <= 0 or max_tokens < 1:
+                    u["refused_cost"] += 1
                     raise over_budget(f"run {run!r} has spent ${cost:.6f} and holds ${held[1]:.6f} "
                                       f"for requests in flight; this prompt needs more than its "
                                       f"max_cost_usd budget of ${cfg.max_cost_usd:.6f} leaves")

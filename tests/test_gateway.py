@@ -240,6 +240,7 @@ def test_token_budget_reserves_prompt_and_reply_and_answers_429_before_the_call(
     assert status == 429 and reply["error"]["type"] == "budget_exceeded"
     assert "max_tokens" in reply["error"]["message"] and "21" in reply["error"]["message"]
     assert len(fake.calls) == 3 and gw.usage("run-a")["prompt_tokens"] == 12
+    assert gw.usage("run-a")["refused_tokens"] == 1      # how the DGM loop learns it is spent
     assert ask(addr["url"], gw.issue_token("run-b"), "x")[0] == 200        # budgets are per run
 
 
