@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from services.config import GatewayConfig, ModelRoute
+from services.config import GatewayConfig
 from services.gateway import Gateway, redact
 from services.gateway_relay import SocketRelay
 
@@ -225,7 +225,7 @@ class TestMalformedRequests:
         assert post(url, gw.issue_token("run"), raw=raw)[0] == 400 and Upstream.calls == 0
 
     def test_a_bad_content_length_is_a_400(self, gateway):
-        gw, url = gateway()
+        _, url = gateway()
         parts = urlsplit(url)
         with socket.create_connection((parts.hostname, parts.port), timeout=10) as s:
             s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
@@ -254,7 +254,7 @@ def refused(s: socket.socket) -> bool:
     s.settimeout(2)
     try:
         return s.recv(100).startswith(b"HTTP/1.1 503")
-    except socket.timeout:
+    except TimeoutError:
         return False
 
 

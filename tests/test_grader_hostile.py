@@ -119,11 +119,11 @@ class TestForgedOutput:
 
 class TestObjectsThatLie:
     @pytest.mark.parametrize("body", [
-        "    class Eq:\n        def __eq__(self, o): return True\n        def __ne__(self, o): return False\n"
-        "    return Eq()\n",
-        "    class F(float):\n        def __eq__(self, o): return True\n        def __sub__(self, o): return 0.0\n"
+        ("    class Eq:\n        def __eq__(self, o): return True\n        def __ne__(self, o): return False\n"
+        "    return Eq()\n"),
+        ("    class F(float):\n        def __eq__(self, o): return True\n        def __sub__(self, o): return 0.0\n"
         "        def __rsub__(self, o): return 0.0\n        def __abs__(self): return 0.0\n"
-        "    return F(0.0)\n",
+        "    return F(0.0)\n"),
         "    class R:\n        def __repr__(self): return '0.5'\n    return R()\n",
         "    return (x for x in [number % 1.0])\n",
         "    return float('nan')\n",
@@ -151,11 +151,11 @@ class TestObjectsThatLie:
 
 class TestTamperingInTheProcess:
     @pytest.mark.parametrize("head", [
-        "import builtins\nbuiltins.AssertionError = type('X', (Exception,), {})\n"
-        "builtins.abs = lambda x: 0\nbuiltins.isinstance = lambda *a: True\n",
+        ("import builtins\nbuiltins.AssertionError = type('X', (Exception,), {})\n"
+        "builtins.abs = lambda x: 0\nbuiltins.isinstance = lambda *a: True\n"),
         "import json\njson.dumps = lambda *a, **k: '0.5'\n",
-        "import sys\nmain = sys.modules['__main__']\nfor name in ('encode', 'tag'):\n"
-        "    if hasattr(main, name): setattr(main, name, lambda v, *a: '0.5')\n",
+        ("import sys\nmain = sys.modules['__main__']\nfor name in ('encode', 'tag'):\n"
+        "    if hasattr(main, name): setattr(main, name, lambda v, *a: '0.5')\n"),
     ], ids=["builtins", "json", "harness-encoder"])
     def test_patching_the_sandbox_side_only_claims(self, sandbox, he, head):
         task = he["HumanEval/2"]
@@ -216,17 +216,17 @@ class TestRepoExitsAndForgedSummaries:
         "import os\nos._exit(0)\n",
         "import sys\nsys.exit(0)\n",
         "print('Ran 4 tests in 0.001s\\n\\nOK')\nimport os\nos._exit(0)\n",
-        "import json, os\nos.write(1, ('EVORAY-SUMMARY 00ff ' + json.dumps({'run': 4, 'passed': "
+        ("import json, os\nos.write(1, ('EVORAY-SUMMARY 00ff ' + json.dumps({'run': 4, 'passed': "
         "['test_stats.TestStats.test_' + n for n in ('mean', 'median_odd', 'median_even', 'empty')],"
-        " 'failed': [], 'errors': [], 'skipped': [], 'tampered': []}) + '\\n').encode())\nos._exit(0)\n",
+        " 'failed': [], 'errors': [], 'skipped': [], 'tampered': []}) + '\\n').encode())\nos._exit(0)\n"),
         "import unittest\nraise unittest.SkipTest('skip everything')\n",
         "import unittest\nunittest.TestCase.assertEqual = lambda *a, **k: None\n",
-        "import unittest\nunittest.TestCase.run = lambda self, result=None: "
-        "result.addSuccess(self) if result else None\n",
+        ("import unittest\nunittest.TestCase.run = lambda self, result=None: "
+        "result.addSuccess(self) if result else None\n"),
         "import sys, types\nfake = types.ModuleType('unittest')\nsys.modules['unittest'] = fake\n",
-        "import os\nfor d, _, fs in os.walk('/work'):\n    for f in fs:\n"
+        ("import os\nfor d, _, fs in os.walk('/work'):\n    for f in fs:\n"
         "        p = os.path.join(d, f)\n        if 'hidden' in p:\n"
-        "            try: open(p, 'w').write('')\n            except OSError: pass\n",
+        "            try: open(p, 'w').write('')\n            except OSError: pass\n"),
     ], ids=["os._exit", "sys.exit", "fake-OK", "fake-summary", "SkipTest", "patch-assertEqual",
             "patch-run", "replace-sys.modules", "rewrite-hidden-files"])
     def test_buggy_repo_fails_whatever_it_does_on_import(self, sandbox, stats, head):

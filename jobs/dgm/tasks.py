@@ -13,10 +13,10 @@ read the tests, and the verdict is the host's, not the program's exit status:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from actors.sandbox.types import ExecRequest, SandboxLimits
 from jobs.dgm import humaneval_grader, repo_grader
