@@ -128,10 +128,13 @@ class OpenAIBackend:
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise GatewayError(502, "upstream_error",
                                f"upstream {self.url} sent no chat completion ({e!r})") from None
-        usage = reply.get("usage") or {}
+        usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
         guess = sum(len(m["content"]) for m in messages) // 4   # ~4 characters a token
-        return (text, int(usage.get("prompt_tokens", guess)),
-                int(usage.get("completion_tokens", len(text) // 4)))
+        counts = (usage.get("prompt_tokens", guess), usage.get("completion_tokens", len(text) // 4))
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+            raise GatewayError(502, "upstream_error", f"upstream {self.url} reported token counts "
+                               f"that are not counts: {str(counts)[:100]}")
+        return (str(text), *counts)
 
 
 class ReplayRule(Strict):
@@ -303,9 +306,10 @@ class Gateway:
         return run
 
     def chat(self, run: str, request: dict) -> dict:
-        name = request.get("model") or self.cfg.default_model or self.cfg.routes[0].name
-        if not isinstance(name, str):
+        name = request.get("model")
+        if name is not None and not isinstance(name, str):
             raise bad_request(f"'model' must be a string, not {type(name).__name__}")
+        name = name or self.cfg.default_model or self.cfg.routes[0].name
         if name not in self.routes:
             raise GatewayError(404, "model_not_found",
                                f"model {name[:100]!r} is not served here; models: {sorted(self.routes)}")
@@ -322,6 +326,7 @@ class Gateway:
             log.warning("route %s reported %d + %d tokens, over the %d + %d reserved; charging the "
                         "reservation", name, prompt_tokens, completion_tokens, bound, max_tokens)
             prompt_tokens, completion_tokens = min(prompt_tokens, bound), min(completion_tokens, max_tokens)
+        prompt_tokens, completion_tokens = max(prompt_tokens, 0), max(completion_tokens, 0)   # no refunds
         text, stopped = apply_stop(text, stop)
         self.charge(run, route, prompt_tokens, completion_tokens)
         return {"id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion",

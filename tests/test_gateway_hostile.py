@@ -135,6 +135,27 @@ class TestBudgetUnderConcurrency:
         assert 300 + Upstream.tokens <= 500
 
 
+class TestLyingUpstream:
+    @pytest.mark.parametrize("usage", [{"prompt_tokens": -10**6, "completion_tokens": 5},
+                                       {"prompt_tokens": "11", "completion_tokens": 5},
+                                       {"prompt_tokens": 10**9, "completion_tokens": 10**9}])
+    def test_reported_usage_never_refunds_or_overspends(self, gateway, monkeypatch, usage):
+        def reply(handler):
+            handler.rfile.read(int(handler.headers["Content-Length"]))
+            data = json.dumps({"choices": [{"message": {"content": "x"}}], "usage": usage}).encode()
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+        monkeypatch.setattr(Upstream, "do_POST", reply)
+        gw, url = gateway(max_tokens=1000)
+        token = gw.issue_token("run")
+        statuses = [post(url, token, chat("hi", max_tokens=20))[0] for _ in range(3)]
+        spent = gw.usage("run")
+        assert set(statuses) <= {200, 502} and spent["prompt_tokens"] >= 0
+        assert 0 <= spent["prompt_tokens"] + spent["completion_tokens"] <= 1000
+
+
 class TestOversizedPrompts:
     def test_a_200k_token_prompt_on_a_1000_token_budget_is_refused_before_any_call(self, gateway):
         gw, url = gateway(max_tokens=1000)
@@ -185,6 +206,8 @@ class TestMalformedRequests:
         ({"model": ["x"], **chat("hi")}, "model"),
         ({"model": {"a": 1}, **chat("hi")}, "model"),
         ({"model": 3, **chat("hi")}, "model"),
+        ({"model": [], **chat("hi")}, "model"),
+        ({"model": False, **chat("hi")}, "model"),
         ({"messages": "hi"}, "messages"),
         ({"messages": [1]}, "messages[0]"),
         ({"messages": [{"role": 1, "content": "x"}]}, "messages[0]"),

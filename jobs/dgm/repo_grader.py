@@ -79,8 +79,10 @@ def check_test_files(test_files: dict[str, str], command: list[str]) -> None:
     if command[:3] != ["python3", "-m", "unittest"]:
         raise ValueError("'test_command' must be a 'python3 -m unittest ...' command: the hidden "
                          "tests run under evoray's isolated unittest harness")
-    for rel in test_files:
-        safe_path(rel)
+    stems = [posixpath.basename(safe_path(rel)) for rel in test_files if rel.endswith(".py")]
+    if len(stems) != len(set(stems)):
+        raise ValueError("hidden .py files must have distinct file names: each is imported by "
+                         "its name alone")
     if not expected_tests(test_files):
         raise ValueError("the hidden tests define no unittest.TestCase test methods "
                          "(files named test*.py)")
