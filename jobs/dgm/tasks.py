@@ -66,7 +66,7 @@ def humaneval_task(problem: dict, timeout_s: float = 10.0) -> CodeTask:
                  f"solution.py and call it.\n\nsolution.py now contains:\n\n```python\n"
                  f"{problem['prompt']}```\n")
     return CodeTask(problem["task_id"], statement, {"solution.py": problem["prompt"]}, {},
-                    ["python3", "-I", "-c", "<humaneval harness>"], timeout_s,
+                    ["python3", "-I", "-B", "-c", "<jobs/dgm/humaneval_harness.py>"], timeout_s,
                     humaneval=humaneval_grader.record(problem))
 
 
