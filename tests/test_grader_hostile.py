@@ -142,6 +142,16 @@ class TestObjectsThatLie:
         task = he["HumanEval/8"]
         assert not score_with_honest(sandbox, task, solution(task, body)).passed
 
+    def test_standard_dicts_count_as_dicts_but_lying_ones_do_not(self, sandbox):
+        task = T.humaneval_tasks([111])[0]   # histogram: a dict of the most frequent letters
+        counter = ("    from collections import Counter\n    c = Counter(test.split())\n"
+                   "    top = max(c.values(), default=0)\n"
+                   "    return Counter({k: v for k, v in c.items() if v == top and top})\n")
+        liar = ("    class D(dict):\n        def __eq__(self, o): return True\n"
+                "        def items(self): return iter(())\n    return D()\n")
+        rs = T.score_many(sandbox, [(task, solution(task, counter)), (task, solution(task, liar))])
+        assert [r.passed for r in rs] == [True, False], rs[0].stderr_tail
+
     def test_list_subclass_with_lying_eq_and_iter_fails(self, sandbox, he):
         task = he["HumanEval/33"]   # check() compares with tuple(...) of the result
         body = ("    class L(list):\n        def __eq__(self, o): return True\n"

@@ -11,14 +11,18 @@ host decodes each claim strictly into plain data (``decode``) before its ``check
 
 The codec is JSON with tags for what JSON loses: ``{"t": [..]}`` a tuple, ``{"d": [[k, v], ..]}``
 a dict (any plain keys), ``{"s": [..]}`` a set, ``{"f": [..]}`` a frozenset; NaN and infinities as
-Python's json writes them. Exactly None, bool, int, float, str and those containers: a subclass
-(an ``int`` whose ``__eq__`` lies) or any other class is not plain data.
+Python's json writes them. Exactly None, bool, int, float, str and those containers (the standard
+library's ``OrderedDict``, ``defaultdict`` and ``Counter`` read as dicts): a subclass (an ``int``
+whose ``__eq__`` lies) or any other class is not plain data.
 """
+import collections
 import json
 
 MAX_DEPTH = 64
 MAX_LINE = 1 << 20
 TAGS = {"t": tuple, "s": set, "f": frozenset}
+# the standard library's dicts compare with a dict as plain dicts do, so they count as dicts
+STD_DICTS = (collections.OrderedDict, collections.defaultdict, collections.Counter)
 
 
 class NotPlain(TypeError):
@@ -33,8 +37,8 @@ def tag(v, depth=0):
         return v
     if t is list:
         return [tag(x, depth + 1) for x in v]
-    if t is dict:
-        return {"d": [[tag(k, depth + 1), tag(x, depth + 1)] for k, x in v.items()]}
+    if t is dict or t in STD_DICTS:   # read through dict's own storage, never the subclass's
+        return {"d": [[tag(k, depth + 1), tag(x, depth + 1)] for k, x in dict.items(v)]}
     for key, kind in TAGS.items():
         if t is kind:
             return {key: [tag(x, depth + 1) for x in v]}
