@@ -25,7 +25,6 @@ import contextlib
 import copy
 import functools
 import io
-import json
 import random
 import threading
 from dataclasses import dataclass, replace
@@ -45,7 +44,7 @@ class HumanEvalSpec:
     entry_point: str
     prompt: str               # the helpers check() uses come from here
     test: str                 # ``def check(candidate)``: host only
-    calls: list[str]          # each call's encoded (args, kwargs), in check()'s order
+    calls: list[str]          # each call's (args, kwargs) as a literal, in check()'s order
 
 
 class CallFailed(AssertionError):
@@ -73,8 +72,12 @@ class _Recorder:
         self.fn, self.calls, self.depth = fn, [], 0
 
     def __call__(self, *args, **kwargs):
-        if self.depth == 0:
-            self.calls.append(H.encode((args, kwargs)))   # before the call, which may mutate them
+        if self.depth == 0:   # recorded before the call, which may mutate them
+            H.encode((args, kwargs))   # raises NotPlain: such a call could not travel
+            text = repr((args, kwargs))
+            if not H.same(H.read_call(text), (args, kwargs)):
+                raise ValueError(f"arguments {text[:100]} do not survive repr")
+            self.calls.append(text)
         self.depth += 1
         try:
             return self.fn(*args, **kwargs)
@@ -98,7 +101,7 @@ def record(problem: dict) -> HumanEvalSpec:
 def request(spec: HumanEvalSpec, repo_files: dict[str, str], timeout_s: float,
             limits: SandboxLimits | None = None) -> ExecRequest:
     lim = replace(limits or SandboxLimits(), timeout_s=timeout_s)
-    stdin = json.dumps({"entry": spec.entry_point, "calls": spec.calls})
+    stdin = "\n".join([spec.entry_point, *spec.calls]) + "\n"
     return ExecRequest(["python3", "-I", "-B", "-c", HARNESS_SOURCE], dict(repo_files), stdin,
                        limits=lim)
 
@@ -135,7 +138,7 @@ class _Replayer:
         i, self.n = self.n, self.n + 1
         if i >= len(self.spec.calls):
             raise CallFailed(f"call {i}: check() made more calls than it did for the canonical solution")
-        if not H.same(H.decode(self.spec.calls[i]), (args, kwargs)):
+        if not H.same(H.read_call(self.spec.calls[i]), (args, kwargs)):
             raise CallFailed(f"call {i}: its arguments differ from the recorded ones")
         answered, value = self.outputs.get(i, (False, self.failure or "no answer (the program "
                                                "ended or ran out of time first)"))
