@@ -320,15 +320,16 @@ class Gateway:
         try:
             text, prompt_tokens, completion_tokens = backend.complete(
                 messages, max_tokens, temperature, stop)
-        finally:
+        except BaseException:
             self.release(run, hold)
+            raise
         if prompt_tokens > bound or completion_tokens > max_tokens:
             log.warning("route %s reported %d + %d tokens, over the %d + %d reserved; charging the "
                         "reservation", name, prompt_tokens, completion_tokens, bound, max_tokens)
             prompt_tokens, completion_tokens = min(prompt_tokens, bound), min(completion_tokens, max_tokens)
         prompt_tokens, completion_tokens = max(prompt_tokens, 0), max(completion_tokens, 0)   # no refunds
         text, stopped = apply_stop(text, stop)
-        self.charge(run, route, prompt_tokens, completion_tokens)
+        self.charge(run, route, prompt_tokens, completion_tokens, hold)
         return {"id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion",
                 "created": int(time.time()), "model": name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -374,9 +375,15 @@ class Gateway:
             held[0] -= hold[0]
             held[1] -= hold[1]
 
-    def charge(self, run: str, route: ModelRoute, prompt_tokens: int, completion_tokens: int) -> None:
+    def charge(self, run: str, route: ModelRoute, prompt_tokens: int, completion_tokens: int,
+               hold: tuple) -> None:
+        """Settle a request: its hold becomes its real usage in one step, so no other request can
+        reserve in between against a total that counts neither."""
         cost = (prompt_tokens * route.input_usd_per_mtok + completion_tokens * route.output_usd_per_mtok) / 1e6
         with self.lock:
+            held = self.held[run]
+            held[0] -= hold[0]
+            held[1] -= hold[1]
             total = self.runs[run]
             for u in (total, total["models"].setdefault(route.name, empty_usage())):
                 u["requests"] += 1
