@@ -228,18 +228,20 @@ def test_unknown_endpoint_is_a_404(tmp_path, started):
 
 # --- accounting and budgets ------------------------------------------------------------------------
 
-def test_token_budget_answers_429_once_reached(tmp_path, started):
-    gw, addr = started(GatewayConfig(routes=[{"name": "m", "backend": "sampler"}], max_tokens=12),
+def test_token_budget_reserves_prompt_and_reply_and_answers_429_before_the_call(tmp_path, started):
+    # a prompt of "x" is held as 1 + 8 + 64 = 73 tokens (an upper bound for any tokenizer), the
+    # reply gets what the budget leaves after that; the charge is the real 4 + 3 = 7
+    gw, addr = started(GatewayConfig(routes=[{"name": "m", "backend": "sampler"}], max_tokens=90),
                        samplers={"m": (fake := FakeSampler("a b c", prompt_tokens=4))})
     token = gw.issue_token("run-a")
-    assert ask(addr["url"], token, "x", max_tokens=100)[0] == 200          # 7 used
-    assert ask(addr["url"], token, "x", max_tokens=100)[0] == 200          # 14 used: may overshoot
-    assert [c["max_new_tokens"] for c in fake.calls] == [12, 5]            # clamped to what is left
-    status, reply = ask(addr["url"], token, "x")
+    assert [ask(addr["url"], token, "x", max_tokens=100)[0] for _ in range(3)] == [200] * 3
+    assert [c["max_new_tokens"] for c in fake.calls] == [17, 10, 3]     # 90-73, 83-73, 76-73
+    status, reply = ask(addr["url"], token, "x")                         # 69 left < 73
     assert status == 429 and reply["error"]["type"] == "budget_exceeded"
-    assert "max_tokens" in reply["error"]["message"] and "14" in reply["error"]["message"]
+    assert "max_tokens" in reply["error"]["message"] and "21" in reply["error"]["message"]
+    assert len(fake.calls) == 3 and gw.usage("run-a")["prompt_tokens"] == 12
+    assert gw.usage("run-a")["refused_tokens"] == 1      # how the DGM loop learns it is spent
     assert ask(addr["url"], gw.issue_token("run-b"), "x")[0] == 200        # budgets are per run
-    assert gw.usage("run-a")["requests"] == 2
 
 
 def test_cost_budget_and_usage_per_run_and_model(tmp_path, started):
@@ -248,18 +250,18 @@ def test_cost_budget_and_usage_per_run_and_model(tmp_path, started):
                      route={"input_usd_per_mtok": 2.0, "output_usd_per_mtok": 8.0})
     gw, addr = started(cfg)
     token = gw.issue_token("run-a")
-    # each request: 1000 * $2/Mtok + 250 * $8/Mtok = $0.002 + $0.002 = $0.004
-    assert ask(addr["url"], token, prompt)[0] == 200
-    assert ask(addr["url"], token, prompt)[0] == 200        # $0.004 < $0.006: allowed
-    status, reply = ask(addr["url"], token, prompt)
+    # a request: 1000 * $2/Mtok = $0.002 for the prompt; its reply may take what is left
+    assert ask(addr["url"], token, prompt)[0] == 200        # 250 * $8/Mtok: $0.004 in all
+    status, reply = ask(addr["url"], token, prompt)          # $0.002 left: the prompt alone
     assert status == 429 and reply["error"]["type"] == "budget_exceeded"
-    assert "max_cost_usd" in reply["error"]["message"] and "0.008" in reply["error"]["message"]
-    usage = gw.usage("run-a")
-    assert usage["cost_usd"] == pytest.approx(0.008)
-    assert (usage["requests"], usage["prompt_tokens"], usage["completion_tokens"]) == (2, 2000, 500)
-    assert usage["models"]["replay"]["cost_usd"] == pytest.approx(0.008)
+    assert "max_cost_usd" in reply["error"]["message"] and "0.004" in reply["error"]["message"]
+    assert ask(addr["url"], token, "w w")[0] == 200          # a small one still fits: its reply
+    usage = gw.usage("run-a")                                # is held (and charged) to 249 tokens
+    assert (usage["requests"], usage["prompt_tokens"], usage["completion_tokens"]) == (2, 1002, 499)
+    assert usage["cost_usd"] == pytest.approx(1002 * 2e-6 + 499 * 8e-6) and usage["cost_usd"] <= 0.006
+    assert usage["models"]["replay"]["cost_usd"] == pytest.approx(usage["cost_usd"])
     status, own = call(addr["url"], "/usage", token=token)
-    assert status == 200 and own["run"] == "run-a" and own["prompt_tokens"] == 2000
+    assert status == 200 and own["run"] == "run-a" and own["prompt_tokens"] == 1002
     assert set(gw.usage()) == {"run-a"}
     with pytest.raises(KeyError, match="run-z"):
         gw.usage("run-z")

@@ -30,23 +30,13 @@ import yaml
 from pydantic import Field, ValidationError
 
 from jobs.dgm.config import GatewayConfig, ModelRoute
+from jobs.dgm.gateway_protocol import (GatewayError, apply_stop, bad_request, error_message,
+                                       over_budget, parse_request, prompt_bound, redact)
 from services.config import EMBEDDED_MODEL, Strict
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 16 << 20
 ENDPOINTS = {("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/v1/usage")}
-
-
-class GatewayError(Exception):
-    """A failure with the HTTP status and OpenAI-style error type that the client should see."""
-
-    def __init__(self, status: int, kind: str, message: str):
-        super().__init__(message)
-        self.status, self.kind, self.message = status, kind, message
-
-
-def bad_request(message: str) -> GatewayError:
-    return GatewayError(400, "invalid_request_error", message)
 
 
 class Backend(Protocol):
@@ -129,25 +119,22 @@ class OpenAIBackend:
                 reply = json.loads(resp.read())
             text = reply["choices"][0]["message"]["content"] or ""
         except urllib.error.HTTPError as e:
+            raw = redact(e.read().decode("utf-8", "replace"), [self.key] if self.key else [])
             raise GatewayError(502, "upstream_error", f"upstream {self.url} answered HTTP {e.code}: "
-                               f"{error_message(e.read())}") from None
+                               f"{error_message(raw)}") from None
         except OSError as e:   # URLError, refused connections and timeouts
             raise GatewayError(502, "upstream_error",
                                f"upstream {self.url} unreachable: {getattr(e, 'reason', e)}") from None
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise GatewayError(502, "upstream_error",
                                f"upstream {self.url} sent no chat completion ({e!r})") from None
-        usage = reply.get("usage") or {}
+        usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
         guess = sum(len(m["content"]) for m in messages) // 4   # ~4 characters a token
-        return (text, int(usage.get("prompt_tokens", guess)),
-                int(usage.get("completion_tokens", len(text) // 4)))
-
-
-def error_message(raw: bytes) -> str:
-    try:
-        return str(json.loads(raw)["error"]["message"])[:500]
-    except (ValueError, KeyError, TypeError):
-        return raw.decode("utf-8", "replace")[:500]
+        counts = (usage.get("prompt_tokens", guess), usage.get("completion_tokens", len(text) // 4))
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+            raise GatewayError(502, "upstream_error", f"upstream {self.url} reported token counts "
+                               f"that are not counts: {str(counts)[:100]}")
+        return (str(text), *counts)
 
 
 class ReplayRule(Strict):
@@ -173,6 +160,9 @@ class ReplayBackend:
             raise ValueError(f"{path}: invalid replay rule: {e}") from None
         self.left, self.lock = [r.times for r in self.rules], threading.Lock()
 
+    def prompt_bound(self, messages) -> int:
+        return sum(len(m["content"].split()) for m in messages)   # exactly what complete() charges
+
     def complete(self, messages, max_tokens, temperature, stop):
         text = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
         with self.lock:
@@ -190,41 +180,14 @@ class ReplayBackend:
 BACKENDS = {"sampler": SamplerBackend, "openai": OpenAIBackend, "replay": ReplayBackend}
 
 
-def apply_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
-    """Cut at the first stop string, so that backends need not honour ``stop`` themselves."""
-    cuts = [i for i in (text.find(s) for s in stop or [] if s) if i >= 0]
-    return (text[:min(cuts)], True) if cuts else (text, False)
-
-
-def parse_request(request: dict, cap: int) -> tuple[list[dict], int, float, list[str] | None]:
-    """(messages, max_tokens, temperature, stop) of a chat request, or a 400 saying what is wrong."""
-    msgs, stop = request.get("messages"), request.get("stop")
-    if not isinstance(msgs, list) or not msgs:
-        raise bad_request("'messages' must be a non-empty list of {role, content} objects")
-    messages = []
-    for i, m in enumerate(msgs):
-        content = m.get("content") if isinstance(m, dict) else None
-        if isinstance(content, list):   # OpenAI content parts: keep the text
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(content, str):
-            raise bad_request(f"messages[{i}] must be an object with a string 'role' and messages[{i}]"
-                              ".content a string")
-        messages.append({"role": m["role"], "content": content})
-    max_tokens = request.get("max_tokens", request.get("max_completion_tokens"))
-    max_tokens = cap if max_tokens is None else max_tokens
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise bad_request(f"'max_tokens' must be a positive integer, not {max_tokens!r}")
-    temperature = request.get("temperature", 1.0)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
-        raise bad_request(f"'temperature' must be a number >= 0, not {temperature!r}")
-    stop = [stop] if isinstance(stop, str) else stop
-    if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-        raise bad_request("'stop' must be a string or a list of strings")
-    return messages, min(max_tokens, cap), float(temperature), stop
-
-
 def empty_usage() -> dict:
     return {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+
+
+def new_run() -> dict:
+    # refused_*: requests turned away because they did not fit in what a budget had left, which
+    # is how a run learns its budget is as good as spent (reservations keep spend below it)
+    return {**empty_usage(), "models": {}, "refused_tokens": 0, "refused_cost": 0}
 
 
 def active_routes(cfg: GatewayConfig, environ) -> GatewayConfig:
@@ -254,6 +217,7 @@ class Gateway:
         self.redacted = [b.key for b in self.backends.values() if getattr(b, "key", None)]
         self.tokens: dict[str, str] = {}
         self.runs: dict[str, dict] = {}
+        self.held: dict[str, list] = {}   # run → [tokens, usd] reserved by requests in flight
         self.lock = threading.Lock()
         self.servers: list[ThreadingHTTPServer] = []
         self.address: dict = {}
@@ -261,7 +225,7 @@ class Gateway:
     def start(self) -> dict:
         """Serve on TCP and (when a socket path was given) on the Unix socket, in daemon threads."""
         if not self.servers:
-            self.servers = [ThreadingHTTPServer((self.cfg.tcp_host, self.cfg.tcp_port), Handler)]
+            self.servers = [GatewayHTTPServer((self.cfg.tcp_host, self.cfg.tcp_port), Handler)]
             if self.socket_path:
                 self.servers.append(unix_server(self.socket_path))
             for server in self.servers:
@@ -286,13 +250,13 @@ class Gateway:
         token = secrets.token_urlsafe(24)
         with self.lock:
             self.tokens[token] = run
-            self.runs.setdefault(run, {**empty_usage(), "models": {}})
+            self.runs.setdefault(run, new_run())
         return token
 
     def restore_usage(self, run: str, usage: dict) -> None:
         """Carry a resumed run's earlier usage over, so its budget spans the whole run."""
         with self.lock:
-            total = self.runs.setdefault(run, {**empty_usage(), "models": {}})
+            total = self.runs.setdefault(run, new_run())
             for key in ("requests", "prompt_tokens", "completion_tokens", "cost_usd"):
                 total[key] += usage.get(key, 0)
 
@@ -318,8 +282,8 @@ class Gateway:
                 return 200, {"run": run, **self.usage(run)}
             try:
                 request = json.loads(body)
-            except ValueError as e:
-                raise bad_request(f"request body is not valid JSON: {e}") from None
+            except (ValueError, RecursionError) as e:   # RecursionError: absurdly deep nesting
+                raise bad_request(f"request body is not valid JSON: {str(e)[:200]}") from None
             if not isinstance(request, dict):
                 raise bad_request("request body must be a JSON object")
             return 200, self.chat(run, request)
@@ -342,17 +306,30 @@ class Gateway:
         return run
 
     def chat(self, run: str, request: dict) -> dict:
-        name = request.get("model") or self.cfg.default_model or self.cfg.routes[0].name
+        name = request.get("model")
+        if name is not None and not isinstance(name, str):
+            raise bad_request(f"'model' must be a string, not {type(name).__name__}")
+        name = name or self.cfg.default_model or self.cfg.routes[0].name
         if name not in self.routes:
             raise GatewayError(404, "model_not_found",
-                               f"model {name!r} is not served here; models: {sorted(self.routes)}")
-        route = self.routes[name]
+                               f"model {name[:100]!r} is not served here; models: {sorted(self.routes)}")
+        route, backend = self.routes[name], self.backends[name]
         messages, max_tokens, temperature, stop = parse_request(request, route.max_new_tokens_cap)
-        max_tokens = min(max_tokens, self.check_budget(run))
-        text, prompt_tokens, completion_tokens = self.backends[name].complete(
-            messages, max_tokens, temperature, stop)
+        bound = getattr(backend, "prompt_bound", prompt_bound)(messages)
+        max_tokens, hold = self.reserve(run, route, bound, max_tokens)
+        try:
+            text, prompt_tokens, completion_tokens = backend.complete(
+                messages, max_tokens, temperature, stop)
+        except BaseException:
+            self.release(run, hold)
+            raise
+        if prompt_tokens > bound or completion_tokens > max_tokens:
+            log.warning("route %s reported %d + %d tokens, over the %d + %d reserved; charging the "
+                        "reservation", name, prompt_tokens, completion_tokens, bound, max_tokens)
+            prompt_tokens, completion_tokens = min(prompt_tokens, bound), min(completion_tokens, max_tokens)
+        prompt_tokens, completion_tokens = max(prompt_tokens, 0), max(completion_tokens, 0)   # no refunds
         text, stopped = apply_stop(text, stop)
-        self.charge(run, route, prompt_tokens, completion_tokens)
+        self.charge(run, route, prompt_tokens, completion_tokens, hold)
         return {"id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion",
                 "created": int(time.time()), "model": name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -361,23 +338,52 @@ class Gateway:
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens}}
 
-    def check_budget(self, run: str) -> int:
-        """Refuse a run that has reached a budget, else say how many tokens it may still use.
-        Requests in flight together all pass, so a run may overshoot by what they use."""
+    def reserve(self, run: str, route: ModelRoute, prompt: int, max_tokens: int) -> tuple[int, tuple]:
+        """Hold the most this request can cost (``prompt`` tokens, an upper bound, plus the reply's
+        ``max_tokens``, lowered to what the budgets leave), or refuse it with 429 before any work.
+        Spent plus held never exceeds a budget, however many requests run at once."""
+        cfg = self.cfg
         with self.lock:
-            used = self.runs[run]["prompt_tokens"] + self.runs[run]["completion_tokens"]
-            cost = self.runs[run]["cost_usd"]
-        if self.cfg.max_tokens is not None and used >= self.cfg.max_tokens:
-            raise GatewayError(429, "budget_exceeded", f"run {run!r} has used {used} tokens; "
-                               f"its max_tokens budget is {self.cfg.max_tokens}")
-        if self.cfg.max_cost_usd is not None and cost >= self.cfg.max_cost_usd:
-            raise GatewayError(429, "budget_exceeded", f"run {run!r} has spent ${cost:.6f}; "
-                               f"its max_cost_usd budget is ${self.cfg.max_cost_usd:.6f}")
-        return self.cfg.max_tokens - used if self.cfg.max_tokens is not None else 1 << 62
+            u, held = self.runs[run], self.held.setdefault(run, [0, 0.0])
+            used, cost = u["prompt_tokens"] + u["completion_tokens"], u["cost_usd"]
+            if cfg.max_tokens is not None:
+                left = cfg.max_tokens - used - held[0]
+                if prompt >= left:
+                    u["refused_tokens"] += 1
+                    raise over_budget(f"run {run!r} has used {used} tokens and holds {held[0]} for "
+                                      f"requests in flight; this prompt needs up to {prompt} and "
+                                      f"more for the reply: its max_tokens budget is {cfg.max_tokens}")
+                max_tokens = min(max_tokens, left - prompt)
+            usd_in, usd_out = route.input_usd_per_mtok / 1e6, route.output_usd_per_mtok / 1e6
+            if cfg.max_cost_usd is not None:
+                left_usd = cfg.max_cost_usd - cost - held[1] - prompt * usd_in
+                if usd_out > 0:
+                    max_tokens = min(max_tokens, int(left_usd / usd_out))
+                if left_usd <= 0 or max_tokens < 1:
+                    u["refused_cost"] += 1
+                    raise over_budget(f"run {run!r} has spent ${cost:.6f} and holds ${held[1]:.6f} "
+                                      f"for requests in flight; this prompt needs more than its "
+                                      f"max_cost_usd budget of ${cfg.max_cost_usd:.6f} leaves")
+            hold = (prompt + max_tokens, prompt * usd_in + max_tokens * usd_out)
+            held[0] += hold[0]
+            held[1] += hold[1]
+        return max_tokens, hold
 
-    def charge(self, run: str, route: ModelRoute, prompt_tokens: int, completion_tokens: int) -> None:
+    def release(self, run: str, hold: tuple) -> None:
+        with self.lock:
+            held = self.held[run]
+            held[0] -= hold[0]
+            held[1] -= hold[1]
+
+    def charge(self, run: str, route: ModelRoute, prompt_tokens: int, completion_tokens: int,
+               hold: tuple) -> None:
+        """Settle a request: its hold becomes its real usage in one step, so no other request can
+        reserve in between against a total that counts neither."""
         cost = (prompt_tokens * route.input_usd_per_mtok + completion_tokens * route.output_usd_per_mtok) / 1e6
         with self.lock:
+            held = self.held[run]
+            held[0] -= hold[0]
+            held[1] -= hold[1]
             total = self.runs[run]
             for u in (total, total["models"].setdefault(route.name, empty_usage())):
                 u["requests"] += 1
@@ -386,9 +392,7 @@ class Gateway:
                 u["cost_usd"] += cost
 
     def redact(self, text: str) -> str:
-        for secret in self.redacted:   # an upstream's error message could quote the key
-            text = text.replace(secret, "[redacted]")
-        return text
+        return redact(text, self.redacted)   # an upstream's error message could quote the key
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -397,10 +401,16 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         gateway: Gateway = self.server.gateway
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
+        raw_length = (self.headers.get("Content-Length") or "0").strip()
+        length = int(raw_length) if raw_length.isascii() and raw_length.isdigit() else -1
+        if length < 0:
+            status, obj = 400, {"error": {"type": "invalid_request_error",
+                                          "message": "Content-Length must be a non-negative integer"}}
+            self.close_connection = True   # the body's end is unknown
+        elif length > MAX_BODY_BYTES:
             status, obj = 413, {"error": {"type": "invalid_request_error",
                                           "message": f"body of {length} bytes exceeds {MAX_BODY_BYTES}"}}
+            self.close_connection = True
         else:
             body = self.rfile.read(length) if length > 0 else b""
             status, obj = gateway.handle(self.command, self.path, self.headers.get("Authorization"), body)
@@ -422,7 +432,11 @@ class Handler(BaseHTTPRequestHandler):
         log.debug("gateway: " + format, *args)
 
 
-class UnixHTTPServer(ThreadingHTTPServer):
+class GatewayHTTPServer(ThreadingHTTPServer):
+    request_queue_size = 128   # the default 5 resets a burst of concurrent agents' connections
+
+
+class UnixHTTPServer(GatewayHTTPServer):
     address_family = socket.AF_UNIX
 
     def server_bind(self) -> None:

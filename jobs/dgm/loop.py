@@ -41,11 +41,15 @@ class BudgetSpent(RuntimeError):
 
 def budget_left(gateway_cfg, usage: dict) -> str | None:
     """None while the run may still call the model, else which budget is spent."""
+    # the gateway reserves each request's worst case, so spend stops short of a budget: a request
+    # it turned away for not fitting (refused_*) means the budget is as good as spent
     tokens = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
-    if gateway_cfg.max_tokens is not None and tokens >= gateway_cfg.max_tokens:
+    if gateway_cfg.max_tokens is not None and (tokens >= gateway_cfg.max_tokens
+                                               or usage.get("refused_tokens")):
         return f"token budget spent ({tokens} of {gateway_cfg.max_tokens})"
     cost = usage.get("cost_usd", 0.0)
-    if gateway_cfg.max_cost_usd is not None and cost >= gateway_cfg.max_cost_usd:
+    if gateway_cfg.max_cost_usd is not None and (cost >= gateway_cfg.max_cost_usd
+                                                 or usage.get("refused_cost")):
         return f"cost budget spent (${cost:.4f} of ${gateway_cfg.max_cost_usd})"
     return None
 

@@ -1,25 +1,29 @@
 """Code tasks for the DGM loop and the benchmarks: a repo, a statement, hidden tests, a command.
 
 One shape serves HumanEval (the repo is one ``solution.py``) and repo-level, SWE-bench-style tasks
-(a directory of files and a test command). The agent only ever sees ``files`` and ``statement``;
-``test_files`` are written next to the agent's final repo in a *fresh* sandbox exec at scoring time,
-so nothing the agent did in its own sandbox can edit or even read the tests.
+(a directory of files and a test command). The agent only ever sees ``files`` and ``statement``.
+Scoring runs in a *fresh* sandbox exec, so nothing the agent did in its own sandbox can edit or even
+read the tests, and the verdict is the host's, not the program's exit status:
+
+- HumanEval (``humaneval_grader``): the hidden ``check`` never enters the sandbox; the candidate
+  runs on recorded inputs and prints plain data, which ``check`` judges on the host.
+- repo tasks (``repo_grader``): the hidden unittest tests run in isolated mode next to (not in)
+  the repo, and must all be reported passed in a nonce-keyed summary.
 """
 from __future__ import annotations
 
 import json
-import secrets
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from actors.sandbox.types import ExecRequest, SandboxLimits
+from jobs.dgm import humaneval_grader, repo_grader
+from jobs.dgm.humaneval_grader import HumanEvalSpec
 
 TAIL_CHARS = 2000
 SKIP_PARTS = {"__pycache__", ".git", ".pytest_cache"}
-# Printed by HumanEval's hidden test after ``check`` returns. Without it, a solution that calls
-# ``os._exit(0)`` on import would "pass"; the nonce is per process, so the agent never saw it.
-_MARKER = f"evoray-tests-passed-{secrets.token_hex(8)}"
 
 
 @dataclass
@@ -27,10 +31,10 @@ class CodeTask:
     task_id: str
     statement: str                 # what the agent is told
     files: dict[str, str]          # the repo the agent works on: relative path → text
-    test_files: dict[str, str]     # hidden: only ever written into the scoring sandbox
+    test_files: dict[str, str]     # hidden repo tests: only ever written into the scoring sandbox
     test_command: list[str]
     timeout_s: float
-    pass_marker: str = ""          # when set, stdout must contain it too (see _MARKER)
+    humaneval: HumanEvalSpec | None = None   # set: graded on the host (nothing hidden travels)
 
 
 @dataclass
@@ -61,11 +65,9 @@ def humaneval_task(problem: dict, timeout_s: float = 10.0) -> CodeTask:
                  f"docstring says. Keep its name and signature; hidden tests will import it from "
                  f"solution.py and call it.\n\nsolution.py now contains:\n\n```python\n"
                  f"{problem['prompt']}```\n")
-    test = (f"from solution import *\n\n{problem['test']}\n\ncheck({entry})\n"
-            f"print({_MARKER!r})\n")
-    return CodeTask(problem["task_id"], statement, {"solution.py": problem["prompt"]},
-                    {"test_solution.py": test}, ["python3", "test_solution.py"], timeout_s,
-                    pass_marker=_MARKER)
+    return CodeTask(problem["task_id"], statement, {"solution.py": problem["prompt"]}, {},
+                    ["python3", "-I", "-B", "-c", "<jobs/dgm/humaneval_harness.py>"], timeout_s,
+                    humaneval=humaneval_grader.record(problem))
 
 
 def humaneval_tasks(ids: list[str | int] | None = None, timeout_s: float = 10.0) -> list[CodeTask]:
@@ -130,8 +132,9 @@ def _task_from_json(obj, base: Path) -> CodeTask:
     timeout = obj.get("timeout_s", 60.0)
     if not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ValueError("'timeout_s' must be a positive number")
-    return CodeTask(str(obj["task_id"]), str(obj["statement"]),
-                    read_tree(_dir(base, obj["repo_dir"], "repo_dir")), dict(tests), list(cmd),
+    repo = read_tree(_dir(base, obj["repo_dir"], "repo_dir"))
+    repo_grader.check_test_files(tests, cmd)
+    return CodeTask(str(obj["task_id"]), str(obj["statement"]), repo, dict(tests), list(cmd),
                     float(timeout))
 
 
@@ -155,24 +158,39 @@ def repo_tasks(path: str | Path) -> list[CodeTask]:
 
 # --- scoring -----------------------------------------------------------------------------------
 
+Judge = Callable[[object], tuple[bool, str]]
+
+
 def scoring_request(task: CodeTask, repo_files: dict[str, str],
-                    limits: SandboxLimits | None = None) -> ExecRequest:
-    """The hidden tests against ``repo_files``; test files win over any same-named file the agent
-    wrote, so a planted fake test is overwritten."""
-    lim = replace(limits or SandboxLimits(), timeout_s=task.timeout_s)
-    return ExecRequest(list(task.test_command), {**repo_files, **task.test_files}, limits=lim)
+                    limits: SandboxLimits | None = None) -> tuple[ExecRequest, Judge]:
+    """The exec that runs the candidate, and the host-side judge of its result: (passed, why).
+    Raises ValueError for a repo path that would leave the repo."""
+    if task.humaneval is not None:
+        spec = task.humaneval
+        req = humaneval_grader.request(spec, repo_files, task.timeout_s, limits)
+        return req, lambda res: humaneval_grader.replay(spec, res.stdout)
+    req, nonce = repo_grader.request(task.test_files, repo_files, task.timeout_s, limits)
+    return req, lambda res: repo_grader.judge(task.test_files, nonce, res.status, res.stdout)
 
 
-def verdict(task: CodeTask, res) -> TaskResult:
-    passed = res.status == "ok" and (not task.pass_marker or task.pass_marker in res.stdout)
-    return TaskResult(task.task_id, passed, res.status, res.wall_s,
-                      res.stdout[-TAIL_CHARS:], res.stderr[-TAIL_CHARS:])
+def verdict(task: CodeTask, res, judge: Judge) -> TaskResult:
+    passed, why = judge(res)
+    return TaskResult(task.task_id, passed, res.status, res.wall_s, res.stdout[-TAIL_CHARS:],
+                      (res.stderr + f"\n[evoray grader: {why}]")[-TAIL_CHARS:])
+
+
+def _refused(task: CodeTask, e: ValueError) -> TaskResult:
+    return TaskResult(task.task_id, False, "error", 0.0, "", f"[evoray grader: {e}]")
 
 
 def score_task(sandbox, task: CodeTask, repo_files: dict[str, str],
                limits: SandboxLimits | None = None) -> TaskResult:
-    """Run the hidden tests in a fresh exec the agent never saw."""
-    return verdict(task, sandbox.run(scoring_request(task, repo_files, limits)))
+    """Run the candidate in a fresh exec the agent never saw; the host decides the verdict."""
+    try:
+        req, judge = scoring_request(task, repo_files, limits)
+    except ValueError as e:
+        return _refused(task, e)
+    return verdict(task, sandbox.run(req), judge)
 
 
 def score_many(sandbox, items: list[tuple[CodeTask, dict[str, str]]], threads: int = 2,
@@ -184,7 +202,15 @@ def score_many(sandbox, items: list[tuple[CodeTask, dict[str, str]]], threads: i
     chunks = [items[i:i + size] for i in range(0, len(items), size)]
 
     def score_chunk(chunk):
-        results = sandbox.run_many([scoring_request(t, files, limits) for t, files in chunk])
-        return [verdict(t, r) for (t, _), r in zip(chunk, results)]
+        prepared = []
+        for task, files in chunk:
+            try:
+                prepared.append(scoring_request(task, files, limits))
+            except ValueError as e:
+                prepared.append(e)
+        runnable = [p[0] for p in prepared if not isinstance(p, ValueError)]
+        results = iter(sandbox.run_many(runnable) if runnable else [])
+        return [_refused(t, p) if isinstance(p, ValueError) else verdict(t, next(results), p[1])
+                for (t, _), p in zip(chunk, prepared)]
     with ThreadPoolExecutor(max_workers=threads) as pool:
         return [r for rs in pool.map(score_chunk, chunks) for r in rs]
