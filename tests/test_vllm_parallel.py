@@ -50,13 +50,15 @@ def tp_sampler(tp_model):
     s.backend.llm.llm_engine.engine_core.shutdown()
 
 
-def shard_sums(sampler) -> list[list[float]]:
-    return sampler.backend.llm.collective_rpc("weight_checksum", args=([EMBED, NORM],))
+def shard_sums(sampler) -> list[float]:
+    """Per rank (in rank order): the sum of its embedding shard, the sum of its norm weight."""
+    return sum(sampler.backend.llm.collective_rpc("weight_checksum", args=([EMBED, NORM],)), [])
 
 
-def expected(named: dict) -> list[list[float]]:
+def expected(named: dict) -> list[float]:
     half = named[EMBED].shape[0] // 2
-    return [[float(named[EMBED][r * half:(r + 1) * half].sum()), float(named[NORM].sum())] for r in range(2)]
+    return sum([[float(named[EMBED][r * half:(r + 1) * half].sum()), float(named[NORM].sum())]
+                for r in range(2)], [])
 
 
 def scaled(model, factor: float) -> dict:
