@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -34,7 +35,8 @@ def ray_head():
     import vllm  # noqa: F401  (missing vllm fails here: these tests never skip for lack of it)
     temp = Path(tempfile.mkdtemp(prefix="evv-", dir="/tmp"))     # Ray's socket paths are short
     port = free_port()
-    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}", "PATH": f"{RAY.parent}:{os.environ['PATH']}"}
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}", "PATH": f"{RAY.parent}:{os.environ['PATH']}",
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     log = open(temp / "head.log", "w")
     head = subprocess.Popen([str(RAY), "start", "--head", "--block", f"--port={port}", "--num-cpus=4",
                              f"--temp-dir={temp}", "--disable-usage-stats", "--include-dashboard=true",
@@ -98,7 +100,7 @@ def assert_trained_policies_sampled(run_dir: Path, steps: int) -> None:
 
 def test_srt_through_the_object_store(ray_head, tmp_path):
     run_dir = tmp_path / "srt-vllm"
-    proc = evoray_run(ray_head, run_dir, "train.steps=3", "eval.every=3")
+    proc = evoray_run(ray_head, run_dir, "train.steps=3", "eval.every=3", "sampling.max_new_tokens=24")
     finish(proc, run_dir)
     assert_trained_policies_sampled(run_dir, 3)
 
