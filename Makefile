@@ -91,7 +91,8 @@ test-vllm: $(VLLM_STAMP)
 vllm-smoke: $(VLLM_STAMP)
 	run=runs/srt-vllm-smoke-$$(date +%Y%m%d-%H%M%S); \
 	$(VLLM_VENV)/bin/evoray run jobs/configs/srt-smoke.yaml --set sampler.backend=vllm \
-	  --set train.steps=3 --run-dir $$run && $(VLLM_PY) scripts/check_policy_versions.py $$run
+	  --set train.steps=3 --set sampling.max_new_tokens=24 --run-dir $$run \
+	  && $(VLLM_PY) scripts/check_policy_versions.py $$run
 
 bench-sampler: $(VLLM_STAMP)
 	$(VLLM_VENV)/bin/evoray bench sampler
