@@ -331,8 +331,9 @@ class VLLMBackend:
 def vllm_engine_args(s: SamplerSettings) -> dict:
     """``vllm.LLM`` keyword arguments from the settings, fitted to the platform: sleep mode only
     where vLLM has it (a colocated sampler elsewhere keeps its memory, and says so once); on CPU
-    the KV cache size goes by environment and chunked prefill is off unless asked for, since a
-    seeded request whose prefill is split crashes vLLM-CPU (its generator cannot be rewound)."""
+    the KV cache size goes by environment, the engine runs eager unless asked otherwise, and
+    chunked prefill is off unless asked for, since a seeded request whose prefill is split
+    crashes vLLM-CPU (its generator cannot be rewound)."""
     from vllm.platforms import current_platform
     args = {"enable_prefix_caching": True, **s.extra}
     if args.get("enable_sleep_mode") and not current_platform.is_sleep_mode_available():
@@ -344,7 +345,7 @@ def vllm_engine_args(s: SamplerSettings) -> dict:
         if kv_gb is not None or "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(kv_gb or 1))   # read by the engine process
         args.setdefault("enable_chunked_prefill", False)
-        args.setdefault("enforce_eager", True)     # starts in 25–60 s; compiling takes minutes
+        args.setdefault("enforce_eager", True)     # starts in 25–60 s; compiling adds a minute or more
     return {k: v for k, v in args.items() if v is not None}
 
 

@@ -44,7 +44,6 @@ class VLLMEngineArgs(Strict):
                                                "(VLLM_CPU_KVCACHE_SPACE); default 1 GiB")
     distributed_executor_backend: Optional[Literal["mp", "ray", "uni"]] = Field(
         None, description="tensor parallelism: worker processes (mp) or Ray actors (ray)")
-    swap_space: Optional[float] = Field(None, ge=0, description="GiB of host memory per GPU for swapped sequences")
 
 
 class SamplerConfig(ActorResources):

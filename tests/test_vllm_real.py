@@ -154,3 +154,13 @@ def test_dgm_gateway_serves_through_the_vllm_sampler(sampler, tmp_path):
     assert reply["choices"][0]["message"]["content"] == expected["text"] and expected["text"]
     assert reply["usage"]["completion_tokens"] == expected["completion_tokens"]
     assert gateway.usage("run-1")["requests"] == 1
+
+
+def test_every_engine_arg_is_one_of_vllms():
+    import dataclasses
+
+    import vllm
+
+    from services.config import VLLMEngineArgs
+    ours = set(VLLMEngineArgs.model_fields) - {"kv_cache_space_gb"}     # that one is an env variable
+    assert ours <= {f.name for f in dataclasses.fields(vllm.EngineArgs)}
