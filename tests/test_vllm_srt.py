@@ -36,7 +36,10 @@ def ray_head():
     temp = Path(tempfile.mkdtemp(prefix="evv-", dir="/tmp"))     # Ray's socket paths are short
     port = free_port()
     env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}", "PATH": f"{RAY.parent}:{os.environ['PATH']}",
-           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
+           # Ray's OOM killer watches the whole machine's memory; on a shared machine it would kill
+           # these actors for others' processes, and the kill under test is the deliberate one
+           "RAY_memory_monitor_refresh_ms": "0"}
     log = open(temp / "head.log", "w")
     head = subprocess.Popen([str(RAY), "start", "--head", "--block", f"--port={port}", "--num-cpus=4",
                              f"--temp-dir={temp}", "--disable-usage-stats", "--include-dashboard=true",
