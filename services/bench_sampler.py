@@ -67,8 +67,8 @@ def hf_generate_rate(model, tokenizer, prompt_ids, args) -> tuple[float, int]:
             out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0,
                                  top_p=1.0, max_new_tokens=args.new_tokens, pad_token_id=pad,
                                  num_return_sequences=args.samples)
-        new = out[:, width:]
-        return int(((new != pad) | (new == tokenizer.eos_token_id)).sum())
+        eos = out[:, width:] == tokenizer.eos_token_id      # a row ends at its first EOS (counted)
+        return int(torch.where(eos.any(1), eos.int().argmax(1) + 1, eos.shape[1]).sum())
     return timed(run, args.repeats)
 
 
