@@ -85,7 +85,7 @@ test: $(STAMP)
 	$(MAKE) test-vllm PYTEST="$(PYTEST)"
 
 test-vllm: $(VLLM_STAMP)
-	$(VLLM_PY) -m pytest $(PYTEST) -m vllm tests/test_vllm_real.py tests/test_vllm_srt.py
+	$(VLLM_PY) -m pytest $(PYTEST) -m vllm tests/test_vllm_*.py
 
 # SRT's smoke run with vLLM sampling; then its samples must show policies > 0 (after a weight sync)
 vllm-smoke: $(VLLM_STAMP)
