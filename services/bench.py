@@ -122,7 +122,9 @@ def benchmarks() -> dict:
     """name → Bench: the shared ones here and every registered job's; ``--out`` is added for all."""
     from services.registry import Bench, all_jobs
     out = {"weight-sync": Bench("learner → samplers weight sync against an in-process copy",
-                                weight_sync_args, bench_weight_sync)}
+                                weight_sync_args, bench_weight_sync),
+           "sampler": Bench("generation tokens/s: the vLLM backend, the transformers backend, plain HF generate",
+                            lazy("services.bench_sampler", "add_args"), lazy("services.bench_sampler", "run"))}
     for job in all_jobs():
         out.update(job.benches)
     return out

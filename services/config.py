@@ -36,6 +36,24 @@ class ActorResources(Strict):
     resources: dict[str, float] = Field(default_factory=dict, description="custom, e.g. {sandbox: 1}")
 
 
+class VLLMEngineArgs(Strict):
+    """``sampler.engine_args``: vLLM engine settings (``sampler.backend: vllm``); unset = vLLM's default."""
+    enforce_eager: Optional[bool] = Field(None, description="no CUDA graphs / torch.compile: the engine "
+                                          "starts in 25–60 s instead of minutes (vLLM's default: False)")
+    max_model_len: Optional[int] = Field(None, ge=16, description="prompt + completion tokens; default: the model's")
+    max_num_seqs: Optional[int] = Field(None, ge=1, description="sequences decoded together")
+    max_num_batched_tokens: Optional[int] = Field(None, ge=16, description="tokens in one engine step")
+    enable_chunked_prefill: Optional[bool] = Field(None, description="split long prefills over steps; "
+                                                   "on CPU default off (seeded sampling cannot run chunked there)")
+    enable_prefix_caching: bool = True
+    block_size: Optional[int] = Field(None, ge=1, description="KV cache block, in tokens (the unit "
+                                      "of prefix caching); vLLM's default: 16 on GPUs, 128 on CPU")
+    kv_cache_space_gb: Optional[int] = Field(None, ge=1, description="CPU only: the KV cache "
+                                               "(VLLM_CPU_KVCACHE_SPACE); default 1 GiB")
+    distributed_executor_backend: Optional[Literal["mp", "ray", "uni"]] = Field(
+        None, description="tensor parallelism: worker processes (mp) or Ray actors (ray)")
+
+
 class SamplerConfig(ActorResources):
     backend: Literal["transformers", "vllm"] = "transformers"
     num_actors: int = Field(1, ge=1)
@@ -46,6 +64,11 @@ class SamplerConfig(ActorResources):
     system_prompt: Optional[str] = None
     static_cache: bool = Field(False, description="transformers backend: Hugging Face generate with a "
                                "static KV cache (compiled into CUDA graphs on a GPU)")
+    engine_args: VLLMEngineArgs = Field(default_factory=VLLMEngineArgs,
+                                        description="vllm backend: engine settings")
+    start_timeout_s: Optional[float] = Field(None, gt=0, description="wait this long for a sampler "
+                                             "(and a restarted one) to start; default: 600 s for vllm "
+                                             "(an engine loads, profiles, compiles), else ray.placement_timeout_s")
 
 
 class SamplingConfig(Strict):

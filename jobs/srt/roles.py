@@ -10,7 +10,7 @@ from actors.calls import describe, wait_for_restart
 from actors.learner import Learner
 from actors.sampler import Completion, Sampler, SamplingParams
 from actors.weights.sync import WeightSync
-from services.controller import round_robin, sampler_settings
+from services.controller import round_robin, sampler_settings, sampler_start_timeout
 
 
 @dataclass
@@ -136,6 +136,8 @@ def start_roles(cfg, placement) -> Roles:
         for i in range(lc.workers)]
     graders = [ray.remote(AnswerGrader).options(**placement.options("sandbox", i)).remote(
         g.backend, g.timeout_s, g.memory_mb) for i in range(g.workers)]
+    start_timeout = sampler_start_timeout(s, cfg.ray)     # then wait_ready names a role that failed
+    ray.wait([a.ready.remote() for a in samplers], num_returns=len(samplers), timeout=start_timeout)
     placement.wait_ready("sampler", [a.ready.remote() for a in samplers])
     placement.wait_ready("learner", [w.ready.remote() for w in learners])
     learner = learners[0]
@@ -147,7 +149,7 @@ def start_roles(cfg, placement) -> Roles:
     names = {"sampler": [placement.actor_name("sampler", i) for i in range(s.num_actors)],
              "sandbox": [placement.actor_name("sandbox", i) for i in range(g.workers)]}
     return Roles(samplers, learner, graders, names, placement.on_event, cfg.ray.max_retries,
-                 placement.colocated, restart_timeout_s=cfg.ray.placement_timeout_s,
+                 placement.colocated, restart_timeout_s=max(start_timeout, cfg.ray.placement_timeout_s),
                  transport=weight_transport(cfg, placement.colocated), bucket_mb=lc.sync_bucket_mb)
 
 
