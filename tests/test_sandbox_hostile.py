@@ -500,3 +500,17 @@ def test_a_task_cannot_sabotage_the_next_ones_work_dir(sandbox):
     assert (r.status, r.stdout) == ("ok", "['main.py'] []\n"), r.stderr
     results = sandbox.run_many([req(saboteur), req(check)])
     assert [x.stdout for x in results] == ["sabotaged\n", "['main.py'] []\n"], results[1].stderr
+
+
+def test_a_container_that_cannot_be_wiped_is_replaced_and_its_tasks_rerun(sandbox):
+    """Something no program could leave (a root-owned file in /dev/shm, planted from outside):
+    the runner cannot wipe it, so it runs nothing more there; the tasks run in a fresh container."""
+    if sandbox.backend != "docker":
+        pytest.skip("bwrap starts a fresh sandbox per batch: there is nothing to wipe")
+    sandbox.run(req("pass"))
+    before = containers(sandbox)
+    sandbox.all[0].exec_run(["python3", "-c", "open('/dev/shm/planted', 'w').write('x')"],
+                            user="0:0")
+    results = sandbox.run_many([req("print(os.listdir('/dev/shm'))"), req("print('second')")])
+    assert [(r.status, r.stdout) for r in results] == [("ok", "[]\n"), ("ok", "second\n")]
+    assert containers(sandbox) != before

@@ -135,14 +135,14 @@ class DockerSandbox:
     def run_many(self, reqs: list[ExecRequest]) -> list[ExecResult]:
         return run_batch_or_each(self.run_batch, reqs)
 
-    def run_batch(self, reqs: list[ExecRequest]) -> list[ExecResult]:
+    def run_batch(self, reqs: list[ExecRequest], retry: bool = True) -> list[ExecResult]:
         """All of ``reqs`` in one exec of the runner, in one container, one after another."""
         container = self._acquire()
         start = time.monotonic()
         deadline = start + sum(r.limits.timeout_s for r in reqs) + GRACE_S
         try:
-            results, clean = ExecResult.parse_batch(self._exec(container, reqs, deadline),
-                                                    len(reqs), self.backend)
+            results, clean, rerun = ExecResult.parse_batch(
+                self._exec(container, reqs, deadline), len(reqs), self.backend)
         except (OSError, socket.timeout, ValueError, KeyError) as e:
             self._discard(container)   # a wedged or killed runner: never reuse that container
             why = f"the runner did not answer ({type(e).__name__})"
@@ -151,6 +151,10 @@ class DockerSandbox:
             self.idle.put(container)
         else:
             self._discard(container)   # something of the batch outlived it: replace, don't reuse
+        if rerun and retry:   # the runner could not wipe the container for these: a fresh one
+            again = self.run_batch([reqs[i] for i in rerun], retry=False)
+            for i, result in zip(rerun, again):
+                results[i] = result
         return results
 
     def _exec(self, container, reqs: list[ExecRequest], deadline: float) -> bytes:

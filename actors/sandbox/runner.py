@@ -49,6 +49,14 @@ class TaskError(RuntimeError):
     """The task could not be started (bad command, unwritable work dir): an ``error`` verdict."""
 
 
+class NotRun(RuntimeError):
+    """The sandbox could not be wiped for the task: it is not run here, but elsewhere (docker)."""
+
+
+NOT_RUN = {"status": "killed", "exit_code": None, "stdout": "", "wall_s": 0.0, "rerun": True,
+           "stderr": "evoray: the sandbox could not be wiped for this task; it runs in another"}
+
+
 def program_env(req: dict) -> dict:
     workdir = req.get("workdir", "/work")
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "LANG": "C.UTF-8",
@@ -89,15 +97,16 @@ def tell(status_w: int, report: dict) -> None:
     os.write(status_w, b"\n" + json.dumps(report).encode() + b"\n")
 
 
-def supervise(req: dict, fds: tuple, status_w: int, prepare, enter) -> None:
-    """The supervisor process: prepare, start the program, report its exit status; never returns."""
+def supervise(req: dict, fds: tuple, status_w: int, prepare: list, enter) -> None:
+    """The supervisor process: prepare (``(stage, step)`` pairs), start the program, report its
+    exit status; never returns."""
     report = {}
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         prctl(PR_SET_DUMPABLE, 0)
-        if prepare:
-            report["stage"] = "prepare"
-            prepare()
+        for stage, step in prepare:
+            report["stage"] = stage
+            step()
         report["stage"] = "start"
         # preexec_fn is safe here: the runner and its forks never start a thread
         proc = subprocess.Popen(req["command"], cwd=req.get("workdir", "/work"),
@@ -138,6 +147,7 @@ class UidIsolation:
     def __init__(self):
         prctl(PR_SET_CHILD_SUBREAPER, 1)
         self.clean = self.no_strays()
+        self.wipe_failed = False
 
     @staticmethod
     def become_program_user() -> None:
@@ -151,16 +161,17 @@ class UidIsolation:
     def start(self, req: dict, fds: tuple, status_w: int, close: tuple) -> int:
         workdir = req.get("workdir", "/work")
 
-        def prepare() -> None:
+        def wipe() -> None:
             for d in (workdir,) + SHARED_DIRS:
                 if os.path.isdir(d):
                     clear_dir(d)
             clear_sysv_ipc()
-            write_files(workdir, req.get("files", {}))
 
         def body() -> None:
             self.become_program_user()
-            supervise(req, fds, status_w, prepare, None)
+            supervise(req, fds, status_w,
+                      [("wipe", wipe), ("files", lambda: write_files(workdir, req.get("files", {})))],
+                      None)
         return fork_child(body, close)
 
     def end(self, child: int, timed_out: bool, report) -> None:
@@ -175,8 +186,8 @@ class UidIsolation:
                 os.waitpid(-1, 0)   # a subreaper: every orphan of the task is our child
             except ChildProcessError:
                 break
-        if report is not None and report.get("stage") == "prepare":
-            self.clean = False   # the previous task's state could not be wiped
+        if "error" in report and report.get("stage") == "wipe":
+            self.clean, self.wipe_failed = False, True   # the previous task's state is still here
         self.clean = self.no_strays() and self.clean
 
     @staticmethod
@@ -292,7 +303,7 @@ class NamespaceIsolation:
             return
         sup = os.fork()
         if sup == 0:
-            supervise(req, fds, status_w, None, enter_user_namespace)
+            supervise(req, fds, status_w, [], enter_user_namespace)
         for fd in fds + (status_w,):
             os.close(fd)
         while os.wait()[0] != sup:
@@ -418,6 +429,8 @@ def run(req: dict, iso) -> dict:
     pump(sinks, None, b"", None, lambda: drained)   # every writer is gone: only EOFs left
     for fd in sinks:
         os.close(fd)
+    if "error" in report and report.get("stage") == "wipe":
+        raise NotRun(report["error"])
     if "error" in report and not timed_out:
         detail = stderr.text().strip()[-500:]
         raise TaskError(report["error"] + (f" ({detail})" if detail else ""))
@@ -448,8 +461,12 @@ def verdict(req, report, timed_out, oom, stdout, stderr, wall, iso) -> dict:
 
 
 def run_one(req: dict, iso) -> dict:
+    if getattr(iso, "wipe_failed", False):
+        return NOT_RUN
     try:
         return run(req, iso)
+    except NotRun:
+        return NOT_RUN
     except Exception as e:   # the sandbox worked, the request did not: say so, don't hang
         msg = str(e) if isinstance(e, TaskError) else f"{type(e).__name__}: {e}"
         return {"status": "error", "exit_code": None, "stdout": "",

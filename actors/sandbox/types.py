@@ -77,14 +77,17 @@ class ExecResult:
         return cls.parse_batch(raw, n, backend)[0]
 
     @classmethod
-    def parse_batch(cls, raw: bytes, n: int, backend: str) -> tuple[list["ExecResult"], bool]:
-        """The results and whether the runner left its sandbox clean (nothing of the batch still
-        running, nothing it could not wipe): a sandbox that is not clean is never reused."""
+    def parse_batch(cls, raw: bytes, n: int,
+                    backend: str) -> tuple[list["ExecResult"], bool, list[int]]:
+        """The results, whether the runner left its sandbox clean (nothing of the batch still
+        running, nothing it could not wipe: a sandbox that is not clean is never reused), and
+        which requests it did not run because it could not wipe the sandbox for them."""
         answer = json.loads(raw)
         results = answer["results"]
         if len(results) != n:
             raise ValueError(f"the runner answered {len(results)} results for {n} requests")
-        return [cls.from_runner(r, backend) for r in results], answer.get("clean") is True
+        rerun = [i for i, r in enumerate(results) if r.get("rerun")]
+        return [cls.from_runner(r, backend) for r in results], answer.get("clean") is True, rerun
 
     @classmethod
     def sandbox_failure(cls, backend: str, wall_s: float, why: str) -> "ExecResult":
