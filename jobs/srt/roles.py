@@ -136,8 +136,9 @@ def start_roles(cfg, placement) -> Roles:
         for i in range(lc.workers)]
     graders = [ray.remote(AnswerGrader).options(**placement.options("sandbox", i)).remote(
         g.backend, g.timeout_s, g.memory_mb) for i in range(g.workers)]
-    start_timeout = sampler_start_timeout(s, cfg.ray)     # then wait_ready names a role that failed
-    ray.wait([a.ready.remote() for a in samplers], num_returns=len(samplers), timeout=start_timeout)
+    start_timeout = sampler_start_timeout(s, cfg.ray)
+    if start_timeout > cfg.ray.placement_timeout_s:      # then wait_ready names a role that failed
+        ray.wait([a.ready.remote() for a in samplers], num_returns=len(samplers), timeout=start_timeout)
     placement.wait_ready("sampler", [a.ready.remote() for a in samplers])
     placement.wait_ready("learner", [w.ready.remote() for w in learners])
     learner = learners[0]
