@@ -29,9 +29,7 @@ def metric_steps(run_dir: Path, name: str) -> list[int]:
 
 def test_two_srt_steps_real_actors(tmp_path):
     run_dir = tmp_path / "run"
-    started = time.monotonic()
     proc = evoray("run", str(SMOKE), "--run-dir", str(run_dir))
-    elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == str(run_dir)
     # the contract: config, metrics in long format, samples, events, checkpoints
@@ -49,7 +47,6 @@ def test_two_srt_steps_real_actors(tmp_path):
     events = (run_dir / "events.jsonl").read_text()
     assert "run_started" in events and "run_finished" in events
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_000002"
-    assert elapsed < 180, f"two steps took {elapsed:.0f} s"
 
 
 def test_killed_run_resumes_with_continuous_metrics(tmp_path):
