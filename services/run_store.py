@@ -115,6 +115,9 @@ class RunStore:
 
     def event(self, event: str, step: int | None = None, **fields: Any) -> dict:
         """Append one line to events.jsonl; ``step`` defaults to the last step logged."""
+        if event == "run_finished":   # a changed config later means "go on" (services/run_state.py)
+            from services.run_state import config_digest
+            fields.setdefault("config", config_digest(self.root))
         record = {"event": event, "step": int(self.last_step if step is None else step),
                   "time": datetime.now(timezone.utc).isoformat(), **fields}
         with open(self.root / "events.jsonl", "a") as f:

@@ -10,7 +10,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,45 +19,13 @@ import torch
 from actors.grpo import ADVANTAGE_ESTIMATORS
 from actors.learner import Sample
 from actors.sampler import Completion, SamplingParams
-from jobs.srt.data import arithmetic_tasks, load_tasks
 from jobs.srt.rewards import EQUIVALENCES, extract_answer, grade_groups, ground_truth_rewards, majority_vote
 from jobs.srt.mitigations import (CollapseDetector, EarlyStopping, easiest_fraction, in_batch_keep,
                                   prompt_echo_share, top_answer_share)
 from jobs.srt.roles import Roles
+from jobs.srt.splits import Splits, build_splits, describe_splits, file_splits, generated_splits, split_sizes  # noqa: F401 (MM-UPT's)
 from services.progress import StepProgress
 from services.run_store import RunStore, atomic_write
-
-
-@dataclass
-class Splits:
-    train: list[dict]
-    val: list[dict]
-    heldout: list[dict]
-
-
-def generated_splits(d, make: Callable[[str, int], list[dict]]) -> Splits:
-    """``make(split, limit)`` for each split of a generated dataset, ``data.n_*`` tasks each."""
-    return Splits(make("train", d.n_train), make("val", d.n_val), make("heldout", d.n_heldout))
-
-
-def file_splits(d, load: Callable[[str], list[dict]]) -> Splits:
-    """The splits of a user's dataset: ``data.source``, ``val_source`` and the labelled
-    ``heldout_source``, each read by ``load(path)``."""
-    if not d.heldout_source:
-        raise ValueError("data.heldout_source: a file dataset needs a labelled held-out file")
-    heldout = load(d.heldout_source)[:d.n_heldout]
-    if any(t["answer"] is None for t in heldout):
-        raise ValueError(f"data.heldout_source: {d.heldout_source} has rows without an 'answer'")
-    val = load(d.val_source)[:d.n_val] if d.val_source else []
-    return Splits(load(d.source)[:d.n_train], val, heldout)
-
-
-def build_splits(cfg) -> Splits:
-    d = cfg.data
-    if d.source == "arithmetic":
-        return generated_splits(d, lambda split, n: arithmetic_tasks(
-            d.level, split, n, cfg.train.seed, d.split_fractions, d.template))
-    return file_splits(d, load_tasks)
 
 
 @dataclass
@@ -344,6 +312,7 @@ class SRTLoop:
         if ckpt is None:
             raise FileNotFoundError(f"{self.store.root}: no checkpoint to resume from")
         self.state = LoopState(**json.loads((ckpt / "loop_state.json").read_text()))
+        self.state.stopped = None     # a stopped run is resumed only when asked for more
         if self.state.early:
             self.early = EarlyStopping(**self.state.early)
         if self.state.collapse:
@@ -364,6 +333,8 @@ class SRTLoop:
         else:
             start = 0
             self.store.event("run_started", 0, name=cfg.name)
+            self.store.event("data", 0, **split_sizes(self.splits), source=cfg.data.source)
+            self.progress.note(describe_splits(cfg, self.splits))
             base = self.evaluate(0)
             self.log(0, base)
             self.progress.line(0, base)
