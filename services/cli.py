@@ -13,6 +13,8 @@ from services.placement import PlacementError
 def _check_inputs(cfg) -> None:
     """Fail on a missing model or bad task data here, before Ray starts."""
     from services.registry import lookup
+    from services.tracking import check_trackers
+    check_trackers(cfg.tracking)
     lookup(cfg.job).check(cfg)
 
 
@@ -75,6 +77,7 @@ def resume_config(args):
     from services.config import apply_override, check_resumable, dump_config
     from services.driver import open_store
     from services.run_state import check_resume
+    from services.tracking import check_trackers
     from actors.storage import is_uri
     overrides = args.set or []
     if not is_uri(args.run_dir):
@@ -94,11 +97,13 @@ def resume_config(args):
     cfg = parse_config(raw, str(config))
     check_resumable(type(cfg), overrides)
     check_resume(str(store.root), type(cfg), overrides)
+    check_trackers(cfg.tracking)
     if not overrides:
         return cfg
     for assignment in overrides:
         apply_override(raw, assignment)
     cfg = parse_config(raw, f"{config} with --set")
+    check_trackers(cfg.tracking)
     store.write_config(dump_config(cfg))
     store.event("config_changed", changes=overrides)
     store.sync()
