@@ -163,6 +163,7 @@ class SRTLoop:
         """pass@1 and maj@n on the held-out split (and pass@1 on the validation split). A reply cut
         off by the token limit is never an answer here, whatever the training reward's rule."""
         e = self.cfg.eval
+        self.progress.phase(f"evaluate (step {step})" if step == 0 else "evaluate")
         splits = {"heldout": self.splits.heldout, "val": self.splits.val}
         tasks = [t for split in splits.values() for t in split]     # one sampling call for both
         groups = iter(self.sample_groups(tasks, e.n, e.temperature, seed=10_000_000 + step))
@@ -190,6 +191,7 @@ class SRTLoop:
         self.state.train_ids = [t["id"] for t in self.splits.train]
         if not (need_labels or need_rank):
             return
+        self.progress.phase("base-model votes")
         k = max(self.cfg.reward.offline_rollouts if need_labels else 0,
                 self.cfg.curriculum.rollouts if need_rank else 0)
         groups = self.sample_groups(self.splits.train, k, self.cfg.sampling.temperature, seed=20_000_000)
@@ -239,8 +241,10 @@ class SRTLoop:
         cfg = self.cfg
         tasks = self.batch_for(step)
         t0 = time.perf_counter()
+        self.progress.phase("generate")
         groups = self.rollouts(step, tasks)
         t_gen = time.perf_counter() - t0
+        self.progress.phase("grade")
         scored = self.score(tasks, groups)
         learner_version = self.roles.version
         stale = [i for i, g in enumerate(groups)
@@ -252,12 +256,14 @@ class SRTLoop:
         samples = [Sample(c.prompt_ids, c.token_ids, a, c.logprobs, scored[i].task.get("image"))
                    for i in used for c, a in zip(scored[i].completions, scored[i].advantages)]
         t1 = time.perf_counter()
+        self.progress.phase("train")
         learner_stats = self.roles.train(samples) if samples else {}
         t_train = time.perf_counter() - t1
         if "is_weights" in learner_stats:      # back onto the groups they came from, in order
             weights = iter(learner_stats.pop("is_weights"))
             for i in used:
                 scored[i].is_weights = [next(weights) for _ in scored[i].completions]
+        self.progress.phase("sync")
         sync = self.roles.sync_weights() if samples else {}
         rows = [row for g in scored for row in g.rows(step, learner_version)]
         self.store.write_samples(step, rows)
@@ -293,6 +299,7 @@ class SRTLoop:
 
     def checkpoint(self, step: int) -> None:
         import ray
+        self.progress.phase("checkpoint")
         self.state.step = step
         self.state.early, self.state.collapse = self.early.state(), self.collapse.state()
 
@@ -335,6 +342,7 @@ class SRTLoop:
             self.store.event("run_started", 0, name=cfg.name)
             self.store.event("data", 0, **split_sizes(self.splits), source=cfg.data.source)
             self.progress.note(describe_splits(cfg, self.splits))
+            self.progress.start(cfg.train.steps, 0)         # step 0's evaluation inside the bar
             base = self.evaluate(0)
             self.log(0, base)
             self.progress.line(0, base)
