@@ -380,13 +380,14 @@ class SRTLoop:
         if self.early.best_step == step:
             self.store.mark_best(step)
             self.store.event("best_checkpoint", step, value=self.early.best,
-                             metric=self.cfg.early_stopping.metric)
+                             metric=getattr(self, "best_metric", self.cfg.early_stopping.metric))
 
     def after_eval(self, step: int, ev: dict[str, float]) -> None:
         self.check_collapse(step, self.collapse.observe_heldout(ev["heldout/pass@1"]))
-        metric = self.cfg.early_stopping.metric
-        if metric not in ev:
-            return
+        # what picks checkpoints/best (and the report's "best"): early_stopping.metric (val/pass@1)
+        # when the run has it, else held-out pass@1 (a run without a validation split)
+        metric = self.cfg.early_stopping.metric if self.cfg.early_stopping.metric in ev else "heldout/pass@1"
+        self.best_metric = metric
         improved, stop = self.early.update(step, ev[metric])
         if stop and self.cfg.early_stopping.enabled and not self.state.stopped:
             self.state.stopped = (f"{metric} has not improved for {self.early.patience} evaluations "

@@ -80,6 +80,24 @@ class Run:
             return None
         return max(s, key=lambda sv: (sv[1], -sv[0]))
 
+    def best(self) -> Optional[tuple[str, int, float]]:
+        """(metric, step, value) of the best step as ``checkpoints/best`` names it: the run's last
+        ``best_checkpoint`` event; for a run without one, the rule the loop follows — val/pass@1
+        when there is a validation split, else held-out pass@1 (earliest step on ties)."""
+        marked = [e for e in self.events if e.get("event") == "best_checkpoint"]
+        if marked and marked[-1].get("metric"):
+            e = marked[-1]
+            metric, step = str(e["metric"]), _as_int(e.get("step"))
+            value = dict(self.series(metric)).get(step, e.get("value"))
+            if value is not None:
+                return metric, step, float(value)
+        metric = VAL_PASS1 if self.series(VAL_PASS1) else PASS1
+        s = self.series(metric)
+        if not s:
+            return None
+        step, value = max(s, key=lambda sv: (sv[1], -sv[0]))
+        return metric, step, value
+
 
 def _load_metrics(run_dir: Path) -> dict[str, Series]:
     path = run_dir / METRICS_FILE
@@ -180,6 +198,11 @@ def _mark_collapses(ax, steps: Sequence[int], label: bool) -> None:
                    label="collapse detected" if (label and i == 0) else None)
 
 
+def _integer_steps(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _accuracy_ylim(ax, values: Iterable[float]) -> None:
     values = list(values)
     top = max(values) if values else 1.0
@@ -205,6 +228,11 @@ def plot_heldout(run: Run, others: Sequence[Run], path: Path) -> bool:
                 linestyle="--", alpha=0.75 if comparing else 1.0, linewidth=1.6,
                 label=f"{prefix}{run.maj_label}")
         shown += [v for _, v in maj]
+    val = run.series(VAL_PASS1)
+    if val and not comparing:
+        ax.plot(*_xy(val), marker="D", markersize=4, color="tab:green", linestyle=":", linewidth=1.6,
+                label="val/pass@1 (picks checkpoints/best)")
+        shown += [v for _, v in val]
     palette = ["tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan",
                "tab:gray", "tab:orange"]
     for i, other in enumerate(others):
@@ -214,26 +242,46 @@ def plot_heldout(run: Run, others: Sequence[Run], path: Path) -> bool:
                     label=f"{other.label} pass@1")
             shown += [v for _, v in s]
     _mark_collapses(ax, _collapse_steps(run), label=True)
-    best = run.best_pass1()
-    if best:
-        step, value = best
-        ax.plot([step], [value], marker="*", markersize=17, color="gold", markeredgecolor="black",
-                linestyle="none", zorder=5, label=f"best pass@1 {value:.3f} (step {step})")
+    best = run.best()
+    at = dict(pass1).get(best[1]) if best else None
+    if best and at is not None:
+        metric, step, value = best
+        ax.plot([step], [at], marker="*", markersize=17, color="gold", markeredgecolor="black",
+                linestyle="none", zorder=5,
+                label=f"best checkpoint: step {step} ({metric} {value:.3f})")
     _accuracy_ylim(ax, shown)
+    _integer_steps(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("held-out accuracy")
     ax.set_title(f"Held-out accuracy: {run.label}" if not comparing
                  else f"Held-out pass@1: {run.label} vs " + ", ".join(o.label for o in others))
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize=8, framealpha=0.85)
+    if comparing:     # several runs' lines fill the panel: the legend goes beside it
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    else:
+        ax.legend(loc="best", fontsize=8, framealpha=0.85)
     save_png(fig, path)
     return True
+
+
+def _same(a: Series, b: Series) -> bool:
+    return len(a) == len(b) and all(x[0] == y[0] and abs(x[1] - y[1]) < 1e-9 for x, y in zip(a, b))
+
+
+def _flat_zero(s: Series) -> bool:
+    return all(abs(v) < 1e-12 for _, v in s)
 
 
 def plot_training(run: Run, path: Path) -> bool:
     """training.png; False (nothing written) when the run logged none of its metrics."""
     rewards = [(n, run.series(n)) for n in REWARD_METRICS if run.series(n)]
+    # hard majority-vote rewards: the pseudo-reward IS the majority agreement — one line, named so
+    same = _same(run.series("train/pseudo_reward"), run.series("train/majority_agreement"))
+    if same:
+        rewards = [(n, s) for n, s in rewards if n != "train/majority_agreement"]
     loss, kl = run.series("train/loss"), run.series("train/kl")
+    if kl and _flat_zero(kl):       # KL off (kl_coef 0): a flat line says nothing
+        kl = []
     panels = int(bool(rewards)) + int(bool(loss or kl))
     if not panels:
         return False
@@ -241,7 +289,8 @@ def plot_training(run: Run, path: Path) -> bool:
     axes = fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0]
     collapses = _collapse_steps(run)
     styles = {"train/pseudo_reward": dict(color="tab:blue", linewidth=2),
-              "train/majority_agreement": dict(color="tab:orange", linewidth=1.6),
+              "train/majority_agreement": dict(color="tab:orange", linewidth=1.4, linestyle="--",
+                                               marker=".", markersize=5),
               "train/true_reward": dict(color="tab:green", linewidth=1.6, linestyle="--"),
               "collapse/top_answer_share": dict(color="tab:red", linewidth=1.0, linestyle="-.",
                                                 alpha=0.7),
@@ -251,8 +300,10 @@ def plot_training(run: Run, path: Path) -> bool:
         ax = axes[i]
         i += 1
         for name, s in rewards:
-            ax.plot(*_xy(s), label=name.split("/", 1)[1] if name.startswith("train/") else name,
-                    **styles[name])
+            label = name.split("/", 1)[1] if name.startswith("train/") else name
+            if same and name == "train/pseudo_reward":
+                label = "pseudo_reward = majority_agreement"
+            ax.plot(*_xy(s), label=label, **styles[name])
         _mark_collapses(ax, collapses, label=True)
         _accuracy_ylim(ax, [v for _, s in rewards for _, v in s])
         ax.set_ylabel("reward / share")
@@ -278,6 +329,7 @@ def plot_training(run: Run, path: Path) -> bool:
         if not rewards:
             ax.set_title(f"Training: {run.label}")
     axes[-1].set_xlabel("step")
+    _integer_steps(axes[-1])
     save_png(fig, path)
     return True
 
@@ -346,11 +398,13 @@ def demo_table(run_dir: str | os.PathLike) -> str:
 
     for step, p1, mk, _ in rows:
         row("base (step 0)" if step == 0 else f"step {step}", step, p1, mk)
-    best = run.best_pass1()
+    best = run.best()
     if best:
-        bstep, bval = best
+        metric, bstep, _ = best
         table.add_section()
-        row(f"best (step {bstep})", bstep, bval, {r[0]: r[2] for r in rows}.get(bstep))
+        # the step checkpoints/best holds, by the metric that chose it; its held-out numbers
+        row(f"best (step {bstep}, by {metric})", bstep, {r[0]: r[1] for r in rows}.get(bstep),
+            {r[0]: r[2] for r in rows}.get(bstep))
     buf = io.StringIO()
     Console(file=buf, width=100, force_terminal=False, color_system=None, highlight=False,
             emoji=False, markup=False).print(table)
@@ -381,13 +435,20 @@ def _markdown(run: Run, others: Sequence[Run], images: dict[str, bool], sections
         out.append("")
     else:
         out += ["No held-out evaluations were logged.", ""]
-    best = run.best_pass1()
+    best = run.best()
     if best:
-        out += [f"**Best held-out pass@1: {best[1]:.3f} at step {best[0]}**", ""]
+        metric, step, value = best
+        at = dict(run.series(PASS1)).get(step)
+        out += [f"**Best checkpoint (`checkpoints/best`): step {step}, chosen by {metric} = {value:.3f}**"
+                + (f"; held-out pass@1 there: {at:.3f}" if at is not None and metric != PASS1 else ""), ""]
         base = dict(run.series(PASS1)).get(0)
-        if base is not None:
+        if base is not None and at is not None:
             out += [f"Base model (step 0) pass@1: {base:.3f} "
-                    f"(best is {best[1] - base:+.3f})", ""]
+                    f"(the best checkpoint's is {at - base:+.3f})", ""]
+        top = run.best_pass1()
+        if top and top[0] != step:
+            out += [f"The highest held-out pass@1, {top[1]:.3f}, was at step {top[0]}: held-out "
+                    f"numbers only measure; they never pick a checkpoint.", ""]
 
     out += ["## Events", ""]
     if run.events:
@@ -404,7 +465,7 @@ def _markdown(run: Run, others: Sequence[Run], images: dict[str, bool], sections
     out.append("")
 
     if others:
-        out += ["## Comparison", "", "| run | reward | best pass@1 | at step | final pass@1 |",
+        out += ["## Comparison", "", "| run | reward | best held-out pass@1 | at step | final pass@1 |",
                 "|---|---|---:|---:|---:|"]
         for r in [run, *others]:
             b, s = r.best_pass1(), r.series(PASS1)
