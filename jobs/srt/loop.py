@@ -23,7 +23,7 @@ from jobs.srt.rewards import EQUIVALENCES, extract_answer, grade_groups, ground_
 from jobs.srt.mitigations import (CollapseDetector, EarlyStopping, easiest_fraction, in_batch_keep,
                                   prompt_echo_share, top_answer_share)
 from jobs.srt.roles import Roles
-from jobs.srt.splits import Splits, build_splits, describe_splits, file_splits, generated_splits, split_sizes  # noqa: F401 (MM-UPT's)
+from jobs.srt.splits import Splits, build_splits, file_splits, generated_splits, split_sizes  # noqa: F401 (MM-UPT's)
 from services.progress import StepProgress
 from services.run_store import RunStore, atomic_write
 
@@ -340,8 +340,8 @@ class SRTLoop:
         else:
             start = 0
             self.store.event("run_started", 0, name=cfg.name)
+            # the counts the check printed before Ray started, for the record
             self.store.event("data", 0, **split_sizes(self.splits), source=cfg.data.source)
-            self.progress.note(describe_splits(cfg, self.splits))
             self.progress.start(cfg.train.steps, 0)         # step 0's evaluation inside the bar
             base = self.evaluate(0)
             self.log(0, base)
