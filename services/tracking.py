@@ -89,7 +89,10 @@ class WandbSink:
 class MlflowSink:
     def __init__(self, root: Path, run_name: str, config: dict):
         import mlflow
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (root / "mlruns").resolve().as_uri()
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:         # a file store needs no server; MLflow 3 asks to be told that is intended
+            uri = (root / "mlruns").resolve().as_uri()
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = mlflow.MlflowClient(tracking_uri=uri)
         experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME", "evoray")
         found = self.client.get_experiment_by_name(experiment)
