@@ -96,7 +96,7 @@ def resume_config(args):
         raise ConfigError(f"{config}: not valid YAML ({getattr(e, 'problem', e)})") from None
     cfg = parse_config(raw, str(config))
     check_resumable(type(cfg), overrides)
-    check_resume(str(store.root), type(cfg), overrides)
+    check_resume(store.root, args.run_dir, type(cfg), overrides)
     check_trackers(cfg.tracking)
     if not overrides:
         return cfg

@@ -70,12 +70,12 @@ def prepare_new_run(run_dir: str, config_class, empty: bool) -> bool:
     return True
 
 
-def check_resume(run_dir: str, config_class, overrides: list[str]) -> None:
-    """Before Ray starts: a directory with nothing to resume, or a finished run, ends here."""
-    root = Path(run_dir)
+def check_resume(root: Path, run_dir: str, config_class, overrides: list[str]) -> None:
+    """Before Ray starts: a directory with nothing to resume, or a finished run, ends here.
+    ``root``: the local directory (a URI's mirror); ``run_dir``: as the user named it."""
     if not resumable(root, config_class):
         raise ConfigError(f"{run_dir} has no checkpoint to resume from (it stopped before its first "
-                          f"one); start it again with `evoray run {root / 'config.yaml'} --run-dir {run_dir}`")
+                          f"one); start it again with `evoray run {run_dir.rstrip('/')}/config.yaml --run-dir {run_dir}`")
     done = finished_event(root)
     if done is not None and not overrides:
         keys = [k for k in config_class.RESUMABLE_KEYS if not k.startswith(("ray.", "tracking"))]
