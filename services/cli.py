@@ -12,8 +12,12 @@ from services.placement import PlacementError
 
 def _check_inputs(cfg) -> None:
     """Fail on a missing model or bad task data here, before Ray starts."""
+    import os
+
+    from services.controller import check_address
     from services.registry import lookup
     from services.tracking import check_trackers
+    check_address(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
     check_trackers(cfg.tracking)
     lookup(cfg.job).check(cfg)
 

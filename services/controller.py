@@ -40,6 +40,27 @@ def local_auth(dashboard_host: str):
             os.environ.pop("RAY_AUTH_MODE", None)
 
 
+def check_address(address: str | None) -> None:
+    """A Ray address that does not answer fails here, in seconds, naming it — not after Ray's
+    own connection retries (minutes). ``auto``/``local`` and unset are left to Ray."""
+    import socket
+    from urllib.parse import urlsplit
+    if not address or address in ("auto", "local"):
+        return
+    parts = urlsplit(address if "://" in address else f"ray://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if not host or not port:
+        raise ConnectionError(f"ray.address {address!r}: expected HOST:PORT (or ray://HOST:PORT)")
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as e:
+        raise ConnectionError(f"ray.address {address}: nothing answers there ({e.strerror or e}); "
+                              f"is the cluster up? (`ray status --address {host}:{port}`)") from None
+
+
 def use_token_auth() -> None:
     """A client of a cluster with Ray's token authentication must say so (``RAY_AUTH_MODE=token``);
     do that when a token is at hand (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``, ~/.ray/auth_token)

@@ -87,5 +87,6 @@ class StepProgress:
 
     def stop(self) -> None:
         if self.bar is not None:
+            self.bar.update(self.task, phase="done")
             self.bar.stop()
             self.bar = None

@@ -104,6 +104,7 @@ BAD_RUNS = {
     "unknown job": (["--set", "job=nope"], {}, "job", "nope"),
     "unknown tracker": (["--set", "tracking=[tensorbored]"], {}, "tracking"),
     "--set without =": (["--set", "train.steps"], {}, "train.steps", "key.path=value"),
+    "a Ray address nothing answers at": (["--set", "ray.address=127.0.0.1:1"], {}, "ray.address 127.0.0.1:1"),
 }
 
 
@@ -240,3 +241,17 @@ def test_version_and_help():
     out = subprocess.run([sys.executable, "-m", "services.cli", "run", "--help"], cwd=ROOT, text=True,
                          capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
     assert "--run-dir" in out and "runs/NAME-" in out and "config" in out
+
+
+def test_a_failed_start_removes_what_it_wrote(tmp_path):
+    """Ctrl-C or a crash before the first checkpoint: the directory this command created goes; one
+    that existed (a failed start being reused) is emptied; a resumable run is never touched."""
+    from services.config import load_config
+    from services.run_state import remove_failed_start
+    cls = type(load_config(ROOT_CONFIG))
+    created = failed_start(tmp_path / "a")
+    assert remove_failed_start(str(created), cls, created=True) and not created.exists()
+    reused = failed_start(tmp_path / "b")
+    assert remove_failed_start(str(reused), cls, created=False) and reused.is_dir() and not any(reused.iterdir())
+    started = finished_run(tmp_path / "c")
+    assert not remove_failed_start(str(started), cls, created=True) and (started / "config.yaml").is_file()
