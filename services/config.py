@@ -74,7 +74,7 @@ class LearnerConfig(ActorResources, UpdateRule):
 
 class RayConfig(Strict):
     address: Optional[str] = None               # default: RAY_ADDRESS, else a local instance
-    num_cpus: Optional[int] = None              # local instance only
+    num_cpus: Optional[int] = Field(None, ge=1, description="local instance only")
     include_dashboard: Optional[bool] = None    # None: Ray decides (on when ray[default] is installed)
     dashboard_host: str = "127.0.0.1"           # local instance only; 0.0.0.0 exposes it
     namespace: str = "evoray"                   # actors are named RUN:ROLE-I inside it
