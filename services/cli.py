@@ -11,7 +11,8 @@ from services.placement import PlacementError
 
 
 def _check_inputs(cfg) -> None:
-    """Fail on a missing model or bad task data here, before Ray starts."""
+    """Fail on an unreachable Ray, a tracker's missing package, a missing model or bad task data
+    here, before Ray starts."""
     import os
 
     from services.controller import check_address
@@ -68,7 +69,7 @@ def cmd_run(args) -> int:
     except BaseException:
         if local and remove_failed_start(run_dir, type(cfg), created):
             args.interrupted = (f"evoray: interrupted before the first checkpoint; nothing to resume "
-                                f"(removed {run_dir}); start it again with `evoray run {args.config}`")
+                                f"(removed {run_dir}); run the same `evoray run` again to start over")
         raise
     return 0
 
