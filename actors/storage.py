@@ -63,11 +63,24 @@ def read_dir(src: str) -> Iterator[Path]:
         yield Path(tmp)
 
 
+def umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def shared_mode(path: Path, directory: bool) -> None:
+    """mkstemp/mkdtemp create 0600/0700; give the file or folder what the umask allows any new one
+    (0644/0755 by default), so teammates on a shared mount can read the run."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask())
+
+
 def save_pretrained_atomically(target: Path, *parts) -> None:
     """``save_pretrained`` each part (model, tokenizer, processor) into a temporary directory beside
     ``target`` and rename it into place; if another process got there first, keep theirs."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    shared_mode(tmp, directory=True)
     try:
         for part in parts:
             part.save_pretrained(tmp)

@@ -11,9 +11,33 @@ from services.placement import PlacementError
 
 
 def _check_inputs(cfg) -> None:
-    """Fail on a missing model or bad task data here, before Ray starts."""
+    """Fail on an unreachable Ray, a tracker's missing package, a missing model or bad task data
+    here, before Ray starts."""
+    import os
+
+    from services.controller import check_address
     from services.registry import lookup
+    from services.tracking import check_trackers
+    check_address(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    check_trackers(cfg.tracking)
     lookup(cfg.job).check(cfg)
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+    try:
+        return installed("evoray")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+def job_names_safe() -> list[str]:
+    from services.registry import job_names
+    try:
+        return job_names()
+    except Exception:     # a broken entry point must not break --help
+        return ["srt", "mmupt", "dgm", "uigenie"]
 
 
 def default_runs_base() -> Path:
@@ -26,29 +50,76 @@ def default_runs_base() -> Path:
 
 
 def cmd_run(args) -> int:
-    from services.driver import run_job
-    from services.run_store import new_run_dir
     from actors.storage import is_uri
+    from services.driver import run_job
+    from services.run_state import prepare_new_run, remove_failed_start
+    from services.run_store import new_run_dir
     cfg = load_config(args.config, args.set or [])
-    _check_inputs(cfg)
     run_dir = args.run_dir or str(new_run_dir(default_runs_base(), cfg.name))
-    if not is_uri(run_dir) and Path(run_dir).exists() and any(Path(run_dir).iterdir()):
-        raise ConfigError(f"--run-dir {run_dir} is not empty; use `evoray resume {run_dir}` to continue it")
-    print(run_job(cfg, run_dir, resume=False))
+    local = not is_uri(run_dir)
+    if local:
+        prepare_new_run(run_dir, type(cfg), empty=False)    # refuse a used directory at once
+    _check_inputs(cfg)
+    if local and prepare_new_run(run_dir, type(cfg), empty=True):
+        print(f"reusing {run_dir}: the start that wrote it failed before its first checkpoint", file=sys.stderr)
+    created = local and not Path(run_dir).exists()
+    args.interrupted = f"evoray: interrupted; continue with `evoray resume {run_dir}`"
+    try:
+        print(run_job(cfg, run_dir, resume=False))
+    except BaseException:
+        if local and remove_failed_start(run_dir, type(cfg), created):
+            args.interrupted = (f"evoray: interrupted before the first checkpoint; nothing to resume "
+                                f"(removed {run_dir}); run the same `evoray run` again to start over")
+        raise
     return 0
 
 
-def cmd_resume(args) -> int:
+def resume_config(args):
+    """The run's config with the ``--set`` changes resume accepts; refused before Ray starts when
+    there is nothing to resume, the run is finished, or a key may not change."""
     import yaml
 
-    from services.driver import open_store, run_job
+    from services.config import apply_override, check_resumable, dump_config
+    from services.driver import open_store
+    from services.run_state import check_resume
+    from services.tracking import check_trackers
     from actors.storage import is_uri
-    if not is_uri(args.run_dir) and not (Path(args.run_dir) / "config.yaml").is_file():
-        raise ConfigError(f"{args.run_dir} is not a run directory (no config.yaml)")
-    config = open_store(args.run_dir, resume=True).root / "config.yaml"
+    overrides = args.set or []
+    if not is_uri(args.run_dir):
+        root = Path(args.run_dir)
+        if not root.is_dir():
+            raise ConfigError(f"{args.run_dir} is not a directory")
+        if not (root / "config.yaml").is_file():
+            raise ConfigError(f"{args.run_dir} is not a run directory (no config.yaml)")
+    store = open_store(args.run_dir, resume=True)
+    config = store.root / "config.yaml"
     if not config.is_file():
         raise ConfigError(f"{args.run_dir} is not a run directory (no config.yaml)")
-    cfg = parse_config(yaml.safe_load(config.read_text()), str(config))
+    try:
+        raw = yaml.safe_load(config.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{config}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    cfg = parse_config(raw, str(config))
+    check_resumable(type(cfg), overrides)
+    check_resume(store.root, args.run_dir, type(cfg), overrides)
+    check_trackers(cfg.tracking)
+    if not overrides:
+        return cfg
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    cfg = parse_config(raw, f"{config} with --set")
+    check_trackers(cfg.tracking)
+    store.write_config(dump_config(cfg))
+    store.event("config_changed", changes=overrides)
+    store.sync()
+    print(f"{args.run_dir}/config.yaml: " + ", ".join(overrides), file=sys.stderr)
+    return cfg
+
+
+def cmd_resume(args) -> int:
+    from services.driver import run_job
+    cfg = resume_config(args)
+    args.interrupted = f"evoray: interrupted; continue with `evoray resume {args.run_dir}`"
     print(run_job(cfg, args.run_dir, resume=True))
     return 0
 
@@ -95,11 +166,21 @@ def cmd_sandbox_exec(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="evoray", description="self-improvement loops on Ray")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a job on the local Ray instance (or RAY_ADDRESS)")
-    run.add_argument("config")
-    run.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config key")
-    run.add_argument("--run-dir")
+    run = sub.add_parser(
+        "run", help="run a job on the local Ray instance (or RAY_ADDRESS)",
+        description="Run a job: check the config and its inputs (model, data), start or join Ray "
+        "(ray.address, else RAY_ADDRESS, else a local instance), train, write the run directory. "
+        "Ctrl-C stops it; `evoray resume RUN_DIR` continues from the last checkpoint.",
+        epilog="example: evoray run jobs/configs/srt-smoke.yaml --set train.steps=4 --set tracking=[tensorboard]")
+    run.add_argument("config", help="a job's YAML config, e.g. jobs/configs/srt-demo.yaml "
+                     "(its job: key picks the loop: " + ", ".join(job_names_safe()) + ")")
+    run.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
+                     help="override a config key; the value is YAML (repeatable), e.g. train.steps=5")
+    run.add_argument("--run-dir", help="where the run writes config, metrics, samples, events, "
+                     "checkpoints (a new or empty directory, or a URI); default: runs/NAME-YYYYmmdd-HHMMSS "
+                     "(EVORAY_RUNS replaces runs/)")
     run.set_defaults(fn=cmd_run)
     sm = sub.add_parser("submit", help="submit a job to a Ray cluster (Ray Jobs API); follow its logs")
     sm.add_argument("config")
@@ -118,8 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "logs":
             j.add_argument("--follow", "-f", action="store_true", help="until the job ends")
         j.set_defaults(fn=cmd_job)
-    res = sub.add_parser("resume", help="continue a stopped run from its last checkpoint")
-    res.add_argument("run_dir")
+    res = sub.add_parser("resume", help="continue a stopped run from its last checkpoint",
+                         description="Continue a stopped run from its last checkpoint, with its own "
+                         "config.yaml; --set changes a key that does not alter what the checkpoints "
+                         "mean (e.g. train.steps, eval.every, tracking, ray.*; see docs/usage.md).")
+    res.add_argument("run_dir", help="the run directory (or URI) `evoray run` printed")
+    res.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
+                     help="change a resumable key; written to RUN_DIR/config.yaml")
     res.set_defaults(fn=cmd_resume)
     rep = sub.add_parser("report", help="write report.md and PNG plots into a run directory")
     rep.add_argument("run_dir")
@@ -149,12 +235,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, FileNotFoundError, ValueError, SandboxError, PlacementError, ConnectionError) as e:
-        print(f"evoray: error: {e}", file=sys.stderr)
+    except (ConfigError, OSError, ValueError, SandboxError, PlacementError, ConnectionError) as e:
+        print(f"evoray: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("evoray: interrupted; continue with `evoray resume RUN_DIR`", file=sys.stderr)
+        print(getattr(args, "interrupted", "evoray: interrupted"), file=sys.stderr)
         return 130
+
+
+def one_line(e: BaseException) -> str:
+    """An error as one line: its text with line breaks folded (an OSError without text: its type)."""
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
 
 
 def run_entrypoint() -> None:

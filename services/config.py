@@ -5,10 +5,10 @@ config model lives in its own folder and is found through the job registry by th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from actors.learner_settings import LearnerSettings, UpdateRule
 
@@ -97,7 +97,7 @@ class LearnerConfig(ActorResources, UpdateRule):
 
 class RayConfig(Strict):
     address: Optional[str] = None               # default: RAY_ADDRESS, else a local instance
-    num_cpus: Optional[int] = None              # local instance only
+    num_cpus: Optional[int] = Field(None, ge=1, description="local instance only")
     include_dashboard: Optional[bool] = None    # None: Ray decides (on when ray[default] is installed)
     dashboard_host: str = "127.0.0.1"           # local instance only; 0.0.0.0 exposes it
     namespace: str = "evoray"                   # actors are named RUN:ROLE-I inside it
@@ -110,12 +110,33 @@ class RayConfig(Strict):
     max_retries: int = Field(3, ge=0, description="a lost piece of work is re-issued this often")
 
 
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+
+
 class JobConfig(Strict):
-    """What every loop's config has: its job name (the registry key), a run name and the Ray
-    section; a loop's config model extends it with ``job: Literal["its name"]``."""
+    """What every loop's config has: its job name (the registry key), a run name, the Ray section
+    and the experiment trackers; a loop's config model extends it with ``job: Literal["its name"]``.
+
+    ``RESUMABLE_KEYS``: what ``evoray resume --set`` may change (fnmatch patterns) — keys that do not
+    change what the checkpoints mean. ``RESUME_FROM``: files in the run directory that a resume
+    starts from; a run directory with none of them is a start that failed and can be reused."""
+    RESUMABLE_KEYS: ClassVar[tuple[str, ...]] = ("ray.*", "tracking")
+    RESUME_FROM: ClassVar[tuple[str, ...]] = ("checkpoints/latest",)
     job: str
     name: str
     ray: RayConfig = RayConfig()
+    tracking: list[Literal[TRACKERS]] = Field(
+        default_factory=list, description="experiment trackers fed with metrics.parquet's metrics: "
+        "tensorboard (RUN_DIR/tensorboard), wandb (offline unless WANDB_MODE says otherwise), "
+        "mlflow (a file store at RUN_DIR/mlruns unless MLFLOW_TRACKING_URI is set)")
+
+    @field_validator("tracking", mode="before")
+    @classmethod
+    def _one_tracker(cls, value):
+        """``--set tracking=tensorboard`` means ``[tensorboard]``; ``none`` or null means none."""
+        if value is None or value == "none":
+            return []
+        return [value] if isinstance(value, str) else value
 
 
 def apply_override(raw: dict, assignment: str) -> None:
@@ -129,16 +150,21 @@ def apply_override(raw: dict, assignment: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {key}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(value)
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {assignment}: the value is not valid YAML "
+                          f"({getattr(e, 'problem', None) or type(e).__name__})") from None
 
 
 def format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config {source}:"]
+    """One line: ``invalid config SOURCE: key: problem; key: problem``."""
+    problems = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = "unknown key (not part of the config; check its spelling)" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {key}: {msg}")
-    return "\n".join(lines)
+        problems.append(f"{key}: {' '.join(str(msg).split())}")
+    return f"invalid config {source}: " + "; ".join(problems)
 
 
 def parse_config(raw: dict, source: str = "<config>"):
@@ -157,10 +183,17 @@ def parse_config(raw: dict, source: str = "<config>"):
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Any:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; give a YAML file "
+                          f"(a run directory's is {path / 'config.yaml'})")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a text file") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} cannot be read (permission denied)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -174,3 +207,14 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Any:
 
 def dump_config(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def check_resumable(config_class, overrides: list[str]) -> None:
+    """Refuse, by name, a ``resume --set`` of a key the run's checkpoints depend on."""
+    import fnmatch
+    allowed = config_class.RESUMABLE_KEYS
+    for assignment in overrides:
+        key = assignment.split("=", 1)[0].strip()
+        if not any(fnmatch.fnmatchcase(key, pattern) for pattern in allowed):
+            raise ConfigError(f"resume --set {key}: cannot change when resuming (the run's checkpoints "
+                              f"depend on it); resume accepts: {', '.join(allowed)}")

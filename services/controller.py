@@ -2,6 +2,7 @@
 local instance needs, work dealt to actors in turn, a sampler's settings from its config section."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 from actors.sampler import SamplerSettings
@@ -18,9 +19,46 @@ def start_ray(ray_cfg, resources: dict[str, float] | None = None) -> None:
         use_token_auth()
         ray.init(address=address, namespace=ray_cfg.namespace, log_to_driver=True)
     else:
-        ray.init(num_cpus=ray_cfg.num_cpus, include_dashboard=ray_cfg.include_dashboard,
-                 dashboard_host=ray_cfg.dashboard_host, namespace=ray_cfg.namespace,
-                 resources=resources or None, log_to_driver=True)
+        with local_auth(ray_cfg.dashboard_host):
+            ray.init(num_cpus=ray_cfg.num_cpus, include_dashboard=ray_cfg.include_dashboard,
+                     dashboard_host=ray_cfg.dashboard_host, namespace=ray_cfg.namespace,
+                     resources=resources or None, log_to_driver=True)
+
+
+@contextlib.contextmanager
+def local_auth(dashboard_host: str):
+    """A local instance serving only this machine (the dashboard on loopback) starts without
+    Ray's token authentication, unless the user chose a mode: no token generated in ~/.ray and no
+    warning on every run. Only for ``ray.init``: later clients in this process choose anew."""
+    chosen = "RAY_AUTH_MODE" in os.environ
+    if not chosen and dashboard_host in ("127.0.0.1", "localhost", "::1"):
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+    try:
+        yield
+    finally:
+        if not chosen:
+            os.environ.pop("RAY_AUTH_MODE", None)
+
+
+def check_address(address: str | None) -> None:
+    """A Ray address that does not answer fails here, in seconds, naming it — not after Ray's
+    own connection retries (minutes). ``auto``/``local`` and unset are left to Ray."""
+    import socket
+    from urllib.parse import urlsplit
+    if not address or address in ("auto", "local"):
+        return
+    parts = urlsplit(address if "://" in address else f"ray://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if not host or not port:
+        raise ConnectionError(f"ray.address {address!r}: expected HOST:PORT (or ray://HOST:PORT)")
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as e:
+        raise ConnectionError(f"ray.address {address}: nothing answers there ({e.strerror or e}); "
+                              f"is the cluster up? (`ray status --address {host}:{port}`)") from None
 
 
 def use_token_auth() -> None:

@@ -32,6 +32,8 @@ def run_job(cfg, run_dir: str, resume: bool) -> str:
     from services.placement import Placement, alive_nodes
     from services.progress import StepProgress
     from services.registry import RunContext, lookup
+    from services.run_state import read_events
+    from services.tracking import open_trackers
     from services.storage import check_shared, ray_probe
 
     store = open_store(run_dir, resume)
@@ -54,10 +56,14 @@ def run_job(cfg, run_dir: str, resume: bool) -> str:
             progress.note(f"[yellow]{fields.get('actor')} was lost ({fields.get('error')}); "
                           f"restarted, its work re-issued")
 
+    store.sinks = open_trackers(cfg.tracking, store.root, store.name, cfg.model_dump(mode="json"))
     placement = Placement(store.name, specs, cfg.ray, on_event).reserve()
     try:
         job.run(RunContext(cfg, store, progress, metrics.export, placement, resume))
+        if (read_events(store.root)[-1:] or [{}])[0].get("event") != "run_finished":
+            store.event("run_finished")
     finally:
         store.flush_metrics()
+        store.close_sinks()
         placement.release()
     return store.location

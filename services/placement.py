@@ -118,6 +118,7 @@ class Placement:
         self.colocated = ray_cfg.placement == "colocated" and _colocatable(specs)
         self.groups: dict[str, Any] = {}        # role → placement group
         self.roles_by_name: dict[str, str] = {}  # actor name → role, for every actor handed options
+        self.bundles: dict[str, tuple] = {}      # actor name → (placement group, bundle index)
         self.on_event = on_event or (lambda *a, **k: None)
 
     def reserve(self) -> "Placement":
@@ -179,6 +180,7 @@ class Placement:
                 if bundle == 0 and both:        # sampler-0 and the learner share its GPU(s)
                     opts["num_gpus"] = s.num_gpus / 2
             opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle)
+            self.bundles[opts["name"]] = (pg, bundle)
         opts.update(extra)
         self.roles_by_name[opts["name"]] = role
         return opts
@@ -195,29 +197,52 @@ class Placement:
                 f"it asks for {self.specs[role].demand()} per actor; available now: "
                 f"{ray.available_resources()}") from None
 
-    def where(self) -> dict[str, list[dict]]:
-        """Each of this run's actors: role, name, node id and IP (Ray's state API; empty where the
-        cluster runs without a dashboard)."""
-        from ray.util.state import list_actors
+    def where(self, attempts: int = 4, wait_s: float = 2.0) -> tuple[dict[str, list[dict]], str]:
+        """Each of this run's actors: role, name, node id and IP, and where that came from. Ray's
+        state API (through the dashboard, slow to answer on a busy machine: retried); failing
+        that, the node each placement-group bundle was reserved on (the GCS, no dashboard)."""
+        import time
         nodes = {n["NodeID"]: n["NodeManagerAddress"] for n in alive_nodes()}
+        why = ""
+        for attempt in range(attempts):
+            try:
+                return self._where_state_api(nodes), "state API"
+            except Exception as e:       # ServerUnavailable, a timeout: no (ready) dashboard
+                why = f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
+                if attempt + 1 < attempts:
+                    time.sleep(wait_s * (attempt + 1))
+        return self._where_bundles(nodes), f"placement groups (state API failed: {why})"
+
+    def _where_state_api(self, nodes: dict) -> dict[str, list[dict]]:
+        from ray.util.state import list_actors
+        actors = list_actors(filters=[("state", "=", "ALIVE")], limit=10_000, timeout=20,
+                             raise_on_missing_output=False)
         out: dict[str, list[dict]] = {}
-        try:
-            actors = list_actors(filters=[("state", "=", "ALIVE")], limit=10_000, raise_on_missing_output=False)
-        except Exception:       # ServerUnavailable: no dashboard, so no state API
-            return {}
         for a in actors:
             if a.name in self.roles_by_name:
                 out.setdefault(self.roles_by_name[a.name], []).append(
                     {"name": a.name, "node_id": a.node_id, "node_ip": nodes.get(a.node_id, "?")})
         return out
 
+    def _where_bundles(self, nodes: dict) -> dict[str, list[dict]]:
+        from ray.util import placement_group_table
+        out: dict[str, list[dict]] = {}
+        for name, (pg, bundle) in self.bundles.items():
+            node_id = placement_group_table(pg).get("bundles_to_node_id", {}).get(bundle)
+            out.setdefault(self.roles_by_name[name], []).append(
+                {"name": name, "node_id": node_id, "node_ip": nodes.get(node_id, "?")})
+        return out
+
     def report(self, store, progress) -> None:
         """Record where the roles landed: a ``roles_placed`` event and one line of progress."""
-        where = self.where()
+        where, source = self.where()
         if where:
-            store.event("roles_placed", roles=where)
+            store.event("roles_placed", roles=where, source=source)
             progress.note("placed: " + "; ".join(f"{role} on {sorted({a['node_ip'] for a in actors})}"
                                                  for role, actors in sorted(where.items())))
+        else:
+            store.event("roles_placed_unknown", source=source)
+            progress.note(f"[yellow]where the roles run is unknown: {source}")
 
     def release(self) -> None:
         from ray.util.placement_group import remove_placement_group

@@ -17,6 +17,8 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from actors.storage import shared_mode
+
 METRICS_SCHEMA = pa.schema([("step", pa.int64()), ("name", pa.string()), ("value", pa.float64()),
                             ("time", pa.timestamp("us", tz="UTC"))])
 
@@ -28,6 +30,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        shared_mode(Path(tmp), directory=False)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -51,6 +54,7 @@ class RunStore:
             from services.storage import RunMirror
             self.remote = RunMirror(self.root, remote)
         self._metrics: list[dict[str, Any]] = self.read_metrics()
+        self.sinks: list = []        # experiment trackers (services/tracking.py): the same stream
         self.last_step = max((m["step"] for m in self._metrics), default=0)
 
     @property
@@ -88,19 +92,30 @@ class RunStore:
 
     def log(self, step: int, values: dict[str, float]) -> None:
         now = datetime.now(timezone.utc)
-        self._metrics.extend({"step": int(step), "name": k, "value": float(v), "time": now}
-                             for k, v in values.items() if v is not None)
+        kept = {k: float(v) for k, v in values.items() if v is not None}
+        self._metrics.extend({"step": int(step), "name": k, "value": v, "time": now} for k, v in kept.items())
         self.last_step = int(step)
+        for sink in self.sinks:
+            sink.log(int(step), kept)
 
     def flush_metrics(self) -> None:
         table = pa.Table.from_pylist(self._metrics, schema=METRICS_SCHEMA)
         atomic_write(self.metrics_path, lambda p: pq.write_table(table, p))
+        for sink in self.sinks:
+            sink.flush()
         self.sync()
 
     def truncate_metrics(self, after_step: int) -> None:
         """Drop metrics logged after ``after_step`` (work lost with a stopped run is redone)."""
         self._metrics = [m for m in self._metrics if m["step"] <= after_step]
+        for sink in self.sinks:
+            sink.truncate(after_step)
         self.flush_metrics()
+
+    def close_sinks(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
 
     def metric_series(self, name: str) -> list[tuple[int, float]]:
         return [(m["step"], m["value"]) for m in self._metrics if m["name"] == name]
@@ -115,6 +130,9 @@ class RunStore:
 
     def event(self, event: str, step: int | None = None, **fields: Any) -> dict:
         """Append one line to events.jsonl; ``step`` defaults to the last step logged."""
+        if event == "run_finished":   # a changed config later means "go on" (services/run_state.py)
+            from services.run_state import config_digest
+            fields.setdefault("config", config_digest(self.root))
         record = {"event": event, "step": int(self.last_step if step is None else step),
                   "time": datetime.now(timezone.utc).isoformat(), **fields}
         with open(self.root / "events.jsonl", "a") as f:
@@ -137,6 +155,7 @@ class RunStore:
         then the ``latest`` pointer moves and older checkpoints beyond ``keep`` are deleted."""
         final = self.checkpoint_dir(step)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        shared_mode(tmp, directory=True)
         try:
             write(tmp)
             if final.exists():

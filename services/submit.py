@@ -58,10 +58,9 @@ def submit(config: str, overrides: list[str], address: str | None, run_dir: str 
     env = {k: os.environ[k] for k in ("RAY_AUTH_MODE",) if k in os.environ}
     jobs = client(address)
     try:
-        job_id = jobs.submit_job(entrypoint=entrypoint,
-                                 runtime_env={"working_dir": str(staging), "env_vars": env},
-                                 metadata={"evoray_config": str(config), "evoray_run_dir": run_dir,
-                                           "evoray_job": cfg.job})
+        job_id = retry_transient(lambda: jobs.submit_job(
+            entrypoint=entrypoint, runtime_env={"working_dir": str(staging), "env_vars": env},
+            metadata={"evoray_config": str(config), "evoray_run_dir": run_dir, "evoray_job": cfg.job}))
     finally:
         shutil.rmtree(staging.parent, ignore_errors=True)
     print(f"submitted {job_id}: {entrypoint}", file=sys.stderr)
@@ -70,6 +69,27 @@ def submit(config: str, overrides: list[str], address: str | None, run_dir: str 
         print(job_id)
         return 0
     return follow(jobs, job_id)
+
+
+# what the Jobs API answers while a node's agent is still coming up (a fresh or busy cluster)
+TRANSIENT = ("No available agent to submit job", "please try again later")
+
+
+def retry_transient(call, attempts: int = 8, wait_s: float = 2.0, sleep=None):
+    """``call()``, again after a pause while the cluster says it is not ready yet; any other error,
+    or the same one past ``attempts``, is raised."""
+    import time
+    sleep = sleep or time.sleep
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except Exception as e:     # the SDK raises RuntimeError with the server's text
+            if attempt == attempts or not any(t in str(e) for t in TRANSIENT):
+                raise
+            print(f"the cluster is not ready to take a job ({str(e).splitlines()[0][:100]}); "
+                  f"retrying in {wait_s:.0f} s ({attempt}/{attempts - 1})", file=sys.stderr)
+            sleep(wait_s)
+            wait_s = min(wait_s * 1.5, 15.0)
 
 
 def follow(jobs, job_id: str) -> int:

@@ -200,6 +200,7 @@ def test_stop_a_submitted_job(cluster, tiny_lm, tmp_path):
     run_dir = tmp_path / "srt-stop"
     proc = cluster.evoray("submit", str(SMOKE), "--address", cluster.jobs_api, "--run-dir", str(run_dir),
                           "--no-wait", *tiny_srt(tiny_lm, "--set", "train.steps=500"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
     job_id = proc.stdout.strip().splitlines()[-1]
     stopped = cluster.evoray("stop", job_id, "--address", cluster.jobs_api)
     assert stopped.returncode == 0 and f"evoray resume {run_dir}" in stopped.stdout

@@ -194,3 +194,51 @@ def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
         load_tasks(path)
     assert str(path) in str(e.value)
+
+
+# --- file datasets: every row unless data.n_* limits it; generated ones keep their sizes --------
+
+def write_parquet(path, n, answers=True):
+    import pyarrow as pa
+    rows = [{"id": f"q{i}", "prompt": f"question {i}", **({"answer": str(i)} if answers else {})} for i in range(n)]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def test_file_dataset_uses_every_row_by_default(tmp_path):
+    from jobs.srt.config import SRTConfig
+    from jobs.srt.splits import build_splits, describe_splits
+    cfg = SRTConfig.model_validate({"data": {"source": str(write_parquet(tmp_path / "t.parquet", 500, False)),
+                                             "heldout_source": str(write_parquet(tmp_path / "h.parquet", 100))}})
+    splits = build_splits(cfg)
+    assert (len(splits.train), len(splits.val), len(splits.heldout)) == (500, 0, 100)
+    assert splits.train[0]["prompt"] == "question 0"            # no template asked for: as written
+    assert describe_splits(cfg, splits) == "data: 500 train, 0 val, 100 heldout rows (every row of each file, prompts as written)"
+    limited = SRTConfig.model_validate({"data": {**cfg.data.model_dump(), "n_train": 50, "template": "Q: {question}"}})
+    splits = build_splits(limited)
+    assert len(splits.train) == 50 and splits.train[0]["prompt"] == "Q: question 0"
+    assert "data.n_train=50" in describe_splits(limited, splits)
+
+
+def test_generated_dataset_keeps_its_default_sizes():
+    from jobs.srt.config import SRTConfig
+    from jobs.srt.splits import build_splits
+    splits = build_splits(SRTConfig.model_validate({"data": {"level": 3}}))   # level 1 has only 100 problems
+    assert (len(splits.train), len(splits.val), len(splits.heldout)) == (64, 16, 32)
+    assert splits.train[0]["prompt"].startswith("What is ")
+
+
+def test_an_epoch_of_steps_visits_every_training_row(tmp_path):
+    """``batch_for`` walks the whole (500-row) training split once per epoch."""
+    from types import SimpleNamespace
+
+    from jobs.srt.config import SRTConfig
+    from jobs.srt.loop import LoopState, SRTLoop
+    from jobs.srt.splits import build_splits
+    cfg = SRTConfig.model_validate({"data": {"source": str(write_parquet(tmp_path / "t.parquet", 500, False)),
+                                             "heldout_source": str(write_parquet(tmp_path / "h.parquet", 4))},
+                                    "train": {"prompts_per_step": 50}})
+    splits = build_splits(cfg)
+    loop = SimpleNamespace(cfg=cfg, splits=splits, state=LoopState(train_ids=[t["id"] for t in splits.train]))
+    seen = [t["id"] for step in range(1, 11) for t in SRTLoop.batch_for(loop, step)]
+    assert sorted(seen) == sorted(t["id"] for t in splits.train)

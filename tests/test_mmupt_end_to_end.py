@@ -34,8 +34,11 @@ def test_mmupt_smoke_runs_end_to_end_and_resumes(tmp_path):
     assert len(samples) == 4 * 4 and all("Answer with just the number." in s["prompt"] for s in samples)
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_000002"
 
-    resumed = evoray("resume", str(run_dir))         # nothing left to do: restore and finish
+    finished = evoray("resume", str(run_dir))        # finished: said at once, before Ray
+    assert finished.returncode == 2 and "already finished at step 2" in finished.stderr
+    resumed = evoray("resume", str(run_dir), "--set", "train.steps=3")     # one step more
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert metric_steps(run_dir, "train/pseudo_reward") == [1, 2, 3]
     assert '"event": "resumed"' in (run_dir / "events.jsonl").read_text()
     report = evoray("report", str(run_dir))
     assert report.returncode == 0, report.stderr[-3000:]

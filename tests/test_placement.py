@@ -100,3 +100,46 @@ def test_ray_section_rejects_unknown_keys():
         parse_config({"job": "srt", "ray": {"placment": "colocated"}})
     with pytest.raises(ConfigError, match="ray.placement"):
         parse_config({"job": "srt", "ray": {"placement": "sideways"}})
+
+
+def test_where_retries_the_state_api_then_falls_back_to_bundles(monkeypatch):
+    """A busy box's dashboard may not answer at once: retried, and failing that, the placement
+    groups' bundle nodes (the GCS) say where the roles run, with the reason recorded."""
+    import services.placement as placement
+    monkeypatch.setattr(placement, "alive_nodes", lambda: [{"NodeID": "n1", "NodeManagerAddress": "10.0.0.1"}])
+    p = Placement("run", [RoleSpec("sampler", 1)], RayConfig())
+    calls = []
+
+    def flaky(nodes):
+        calls.append(1)
+        if len(calls) < 3:
+            raise TimeoutError("state API timed out")
+        return {"sampler": [{"name": "run:sampler-0", "node_id": "n1", "node_ip": nodes["n1"]}]}
+    monkeypatch.setattr(p, "_where_state_api", flaky)
+    where, source = p.where(wait_s=0)
+    assert len(calls) == 3 and source == "state API" and where["sampler"][0]["node_ip"] == "10.0.0.1"
+
+    monkeypatch.setattr(p, "_where_state_api", lambda nodes: (_ for _ in ()).throw(ConnectionError("no dashboard")))
+    monkeypatch.setattr(p, "_where_bundles", lambda nodes: {"sampler": [{"name": "run:sampler-0", "node_id": "n1",
+                                                                          "node_ip": "10.0.0.1"}]})
+    where, source = p.where(wait_s=0)
+    assert where["sampler"][0]["node_ip"] == "10.0.0.1"
+    assert source.startswith("placement groups") and "ConnectionError: no dashboard" in source
+
+
+def test_submit_retries_the_transient_no_agent_answer():
+    from services.submit import retry_transient
+    answers = iter([RuntimeError("Request failed with status code 503: No available agent to submit job, "
+                                 "please try again later."), RuntimeError("No available agent to submit job"), "job-1"])
+
+    def call():
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+    assert retry_transient(call, sleep=lambda s: None) == "job-1"
+    with pytest.raises(RuntimeError, match="404"):          # anything else is not retried
+        retry_transient(lambda: (_ for _ in ()).throw(RuntimeError("status code 404")), sleep=lambda s: None)
+    always = lambda: (_ for _ in ()).throw(RuntimeError("No available agent to submit job"))
+    with pytest.raises(RuntimeError, match="No available agent"):
+        retry_transient(always, attempts=3, sleep=lambda s: None)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.srt.report import demo_table
+from jobs.srt.report import demo_table, load_run
 from services.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -88,7 +88,7 @@ def test_write_report(runs):
     assert_png(run / "training.png")
     md = report.read_text()
     assert md.startswith("# Report: srt-demo")
-    assert "Best held-out pass@1: 0.625 at step 20" in md
+    assert "Best checkpoint (`checkpoints/best`): step 20, chosen by heldout/pass@1 = 0.625" in md
     assert "collapse_detected" in md and "step 25" in md
     assert "pseudo-reward rose while held-out fell" in md
     assert "best_checkpoint" in md
@@ -150,3 +150,46 @@ def test_missing_compare_metrics_raises(runs, tmp_path):
     (tmp_path / "other").mkdir()
     with pytest.raises(ValueError, match="metrics.parquet"):
         write_report(run, compare=[tmp_path / "other"])
+
+
+def test_console_and_report_name_the_best_checkpoint_as_the_loop_chose_it(tmp_path):
+    """checkpoints/best follows val/pass@1: so do the table and report.md, saying which metric."""
+    run = make_run(tmp_path, "by-val", "srt-demo", "majority_vote", BASELINE_EVALS, events=[
+        {"event": "best_checkpoint", "step": 10, "metric": "val/pass@1", "value": 0.5}])
+    best = next(l for l in demo_table(run).splitlines() if "best" in l)
+    assert "step 10, by val/pass@1" in best and "0.562" in best        # held-out pass@1 at step 10
+    md = write_report(run).read_text()
+    assert "step 10, chosen by val/pass@1 = 0.500**; held-out pass@1 there: 0.562" in md
+    assert "highest held-out pass@1, 0.750, was at step 30" in md
+
+
+def test_without_a_best_event_the_loop_rule_applies(tmp_path):
+    run = make_run(tmp_path, "old", "srt-demo", "majority_vote", LABEL_FREE_EVALS)
+    assert load_run(run).best() == ("val/pass@1", 20, 0.5)          # val first, as the loop picks
+
+
+def test_plots_whole_steps_one_line_for_equal_rewards_no_flat_kl(tmp_path):
+    run = make_run(tmp_path, "plain", "srt-demo", "majority_vote", LABEL_FREE_EVALS)
+    table = pq.read_table(run / "metrics.parquet").to_pylist()
+    for r in table:     # hard majority vote: pseudo-reward == agreement; KL off: zeros
+        if r["name"] == "train/majority_agreement":
+            r["value"] = next(x["value"] for x in table if x["step"] == r["step"] and x["name"] == "train/pseudo_reward")
+        if r["name"] == "train/kl":
+            r["value"] = 0.0
+    pq.write_table(pa.Table.from_pylist(table), run / "metrics.parquet")
+    loaded = load_run(run)
+    from jobs.srt.report import plot_training
+    fig_calls = []
+    import jobs.srt.report as report
+    original = report.save_png
+    report.save_png = lambda fig, path: (fig_calls.append(fig), original(fig, path))
+    try:
+        assert plot_training(loaded, run / "training.png")
+    finally:
+        report.save_png = original
+    axes = fig_calls[0].axes
+    labels = [line.get_label() for ax in axes for line in ax.get_lines()]
+    assert "pseudo_reward = majority_agreement" in labels and "majority_agreement" not in labels
+    assert "kl" not in labels and len(axes) == 2                    # no twin axis for a flat KL
+    ticks = axes[-1].get_xticks()
+    assert all(float(t).is_integer() for t in ticks)

@@ -113,5 +113,6 @@ def test_data_parallel_learner_through_the_controller(tmp_path):
     placed = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()
               if '"roles_placed"' in line]
     assert sorted(a["name"].split(":")[-1] for a in placed[0]["roles"]["learner"]) == ["learner", "learner-1"]
-    resumed = evoray("resume", str(run_dir))
+    resumed = evoray("resume", str(run_dir), "--set", "train.steps=3")     # finished: one step more
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert metric_steps(run_dir, "train/pseudo_reward") == [1, 2, 3]

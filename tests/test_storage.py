@@ -107,6 +107,10 @@ def test_srt_run_and_resume_on_a_uri_run_dir(tmp_path, tiny_lm):
     assert (remote / "checkpoints" / "latest").read_text() == "step_000002"
     assert (remote / "checkpoints" / "step_000002" / "learner" / "model.safetensors").is_file()
     assert sorted({r["step"] for r in pq.read_table(remote / "metrics.parquet").to_pylist()}) == [0, 1, 2]
-    second = run("resume", uri, cache=tmp_path / "driver-2")
+    finished = run("resume", uri, cache=tmp_path / "driver-2")
+    assert finished.returncode == 2 and f"{uri} already finished at step 2" in finished.stderr
+    second = run("resume", uri, "--set", "train.steps=3", cache=tmp_path / "driver-2")
     assert second.returncode == 0, second.stderr[-3000:]
     assert '"event": "resumed"' in (remote / "events.jsonl").read_text()
+    assert "steps: 3" in (remote / "config.yaml").read_text()
+    assert sorted({r["step"] for r in pq.read_table(remote / "metrics.parquet").to_pylist()}) == [0, 1, 2, 3]

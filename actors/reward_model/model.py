@@ -279,13 +279,14 @@ class RewardModel:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write head + normaliser (safetensors) and settings (json) into a temp dir next to
         ``directory``, then rename it into place. The backbone is referenced by name only."""
-        from actors.storage import is_uri, write_dir
+        from actors.storage import is_uri, shared_mode, write_dir
         if is_uri(directory):          # a run directory on s3:// etc.: written locally, uploaded
             write_dir(str(directory), self._write_files)
             return directory
         target = Path(directory)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        shared_mode(tmp, directory=True)
         try:
             self._write_files(tmp)
             _replace_dir(tmp, target)

@@ -2,7 +2,7 @@
 the outer loop."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
@@ -114,6 +114,10 @@ class DGMLoopConfig(Strict):
 
 
 class DGMConfig(JobConfig):
+    # the archive is what a DGM run resumes from; its budget and attempts may grow
+    RESUME_FROM: ClassVar[tuple[str, ...]] = ("archive.parquet",)
+    RESUMABLE_KEYS: ClassVar[tuple[str, ...]] = JobConfig.RESUMABLE_KEYS + (
+        "loop.attempts", "loop.workers", "gateway.max_tokens", "gateway.max_cost_usd")
     job: Literal["dgm"] = "dgm"
     name: str = "dgm"
     model: ModelConfig = ModelConfig()          # the in-cluster model behind `sampler` routes

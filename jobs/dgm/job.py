@@ -93,16 +93,17 @@ def dgm_roles(cfg) -> list:
 
 def check_dgm(cfg) -> None:
     """Keys for the routes that need one, the sampler routes' models and the task files."""
-    from actors.model_loading import resolve_model
     from jobs.dgm.gateway import active_routes
     from jobs.dgm.loop import load_tasks
     from services.config import ConfigError
+    from services.inputs import check_model
     for route in active_routes(cfg.gateway, os.environ).routes:
         if route.backend == "openai" and route.api_key_env and not os.environ.get(route.api_key_env):
             raise ConfigError(f"gateway route {route.name!r} needs the environment variable "
                               f"{route.api_key_env} (or optional: true to skip it without)")
         if route.backend == "sampler":
-            resolve_model(route.model or cfg.model.name)
+            check_model(route.model or cfg.model.name,
+                        f"gateway route {route.name!r} model" if route.model else "model.name")
     load_tasks(cfg)
 
 

@@ -256,8 +256,7 @@ class DGMLoop:
             f"attempt {step:4d}  {where:<18} {status:<9} score {score:.2f} {stage:<7} "
             f"{wall_s:6.1f}s  | archive {len(admitted)}  best {best.score:.2f} ({best.agent_id})"
             f"  tokens {values['gateway/tokens']:.0f}{why}", highlight=False, soft_wrap=True)
-        if self.progress.bar is not None:
-            self.progress.bar.update(self.progress.task, completed=step)
+        self.progress.tick(step)
 
     # --- the run -----------------------------------------------------------------------------
 

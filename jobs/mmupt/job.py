@@ -7,9 +7,9 @@ from services.registry import Job, RunContext
 
 
 def check_mmupt(cfg) -> None:
-    from actors.model_loading import resolve_model
     from jobs.mmupt.loop import build_image_splits
-    resolve_model(cfg.model.name)
+    from services.inputs import check_model
+    check_model(cfg.model.name)
     build_image_splits(cfg)
 
 

@@ -2,7 +2,7 @@
 evaluation, training and the answer graders; the shared sections come from ``services.config``."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
@@ -10,8 +10,10 @@ from services.config import (ActorResources, JobConfig, LearnerConfig, ModelConf
                              SamplingConfig, Strict)
 
 
-def _question_template(value: str) -> str:
+def _question_template(value: Optional[str]) -> Optional[str]:
     """A prompt template: ``{question}`` is the only field; other braces are doubled (``{{}}``)."""
+    if value is None:
+        return None
     try:
         value.format(question="")
     except (KeyError, IndexError, ValueError) as e:
@@ -26,17 +28,23 @@ class SplitsConfig(Strict):
     """What every prompt dataset has: its splits (generated, or files) and the prompt template."""
     heldout_source: Optional[str] = None  # for file datasets: a labelled held-out file
     val_source: Optional[str] = None
-    n_train: int = Field(64, ge=1)
-    n_val: int = Field(16, ge=0)
-    n_heldout: int = Field(32, ge=1)
+    # a limit per split; None: every row of a file, and GENERATED_SIZES of a generated dataset
+    n_train: Optional[int] = Field(None, ge=1)
+    n_val: Optional[int] = Field(None, ge=0)
+    n_heldout: Optional[int] = Field(None, ge=1)
     split_fractions: dict[str, float] = {"train": 0.6, "val": 0.1, "heldout": 0.3}
     _template = field_validator("template", check_fields=False)(_question_template)
+
+
+GENERATED_SIZES = {"train": 64, "val": 16, "heldout": 32}
+ARITHMETIC_TEMPLATE = "What is {question}? Answer with just the number."
 
 
 class DataConfig(SplitsConfig):
     source: str = "arithmetic"            # "arithmetic" or a .parquet/.jsonl file
     level: int = 1
-    template: str = "What is {question}? Answer with just the number."
+    template: Optional[str] = Field(None, description="the prompt around each question; None: "
+                                    "ARITHMETIC_TEMPLATE for generated tasks, a file's prompts as written")
 
 
 class RewardConfig(Strict):
@@ -101,6 +109,9 @@ class AnswerGraderConfig(ActorResources):
 
 
 class SRTConfig(JobConfig):
+    RESUMABLE_KEYS: ClassVar[tuple[str, ...]] = JobConfig.RESUMABLE_KEYS + (
+        "train.steps", "train.checkpoint_every", "train.keep_checkpoints", "eval.every",
+        "early_stopping.*", "collapse.stop", "collapse.enabled", "sampler.threads")
     job: Literal["srt"] = "srt"
     name: str = "srt"
     model: ModelConfig = ModelConfig()

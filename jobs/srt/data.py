@@ -57,15 +57,25 @@ def load_tasks(path: str | Path, template: str | None = None) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"dataset {path} does not exist")
     if path.suffix == ".parquet":
-        rows = pq.read_table(path).to_pylist()
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except (OSError, ValueError) as e:     # pyarrow's ArrowInvalid is a ValueError
+            raise ValueError(f"dataset {path}: not a readable Parquet file ({' '.join(str(e).split())[:120]})") from None
     elif path.suffix in (".jsonl", ".json"):
         rows = []
-        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise ValueError(f"dataset {path}: not a UTF-8 text file") from None
+        for lineno, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}:{lineno}: a row must be a JSON object with a 'prompt'")
+                rows.append(row)
     else:
         raise ValueError(f"dataset {path}: unsupported file type {path.suffix!r} (use .parquet or .jsonl)")
     if not rows or "prompt" not in rows[0]:

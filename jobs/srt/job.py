@@ -18,10 +18,10 @@ def srt_roles(cfg) -> list:
 
 
 def check_srt(cfg) -> None:
-    from actors.model_loading import resolve_model
-    from jobs.srt.loop import build_splits
-    resolve_model(cfg.model.name)
-    build_splits(cfg)
+    from jobs.srt.splits import build_splits, describe_splits
+    from services.inputs import check_model
+    check_model(cfg.model.name)
+    print(describe_splits(cfg, build_splits(cfg)), flush=True)
 
 
 def drive(ctx: RunContext, loop_class) -> None:

@@ -10,7 +10,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,45 +19,13 @@ import torch
 from actors.grpo import ADVANTAGE_ESTIMATORS
 from actors.learner import Sample
 from actors.sampler import Completion, SamplingParams
-from jobs.srt.data import arithmetic_tasks, load_tasks
 from jobs.srt.rewards import EQUIVALENCES, extract_answer, grade_groups, ground_truth_rewards, majority_vote
 from jobs.srt.mitigations import (CollapseDetector, EarlyStopping, easiest_fraction, in_batch_keep,
                                   prompt_echo_share, top_answer_share)
 from jobs.srt.roles import Roles
+from jobs.srt.splits import Splits, build_splits, file_splits, generated_splits, split_sizes  # noqa: F401 (MM-UPT's)
 from services.progress import StepProgress
 from services.run_store import RunStore, atomic_write
-
-
-@dataclass
-class Splits:
-    train: list[dict]
-    val: list[dict]
-    heldout: list[dict]
-
-
-def generated_splits(d, make: Callable[[str, int], list[dict]]) -> Splits:
-    """``make(split, limit)`` for each split of a generated dataset, ``data.n_*`` tasks each."""
-    return Splits(make("train", d.n_train), make("val", d.n_val), make("heldout", d.n_heldout))
-
-
-def file_splits(d, load: Callable[[str], list[dict]]) -> Splits:
-    """The splits of a user's dataset: ``data.source``, ``val_source`` and the labelled
-    ``heldout_source``, each read by ``load(path)``."""
-    if not d.heldout_source:
-        raise ValueError("data.heldout_source: a file dataset needs a labelled held-out file")
-    heldout = load(d.heldout_source)[:d.n_heldout]
-    if any(t["answer"] is None for t in heldout):
-        raise ValueError(f"data.heldout_source: {d.heldout_source} has rows without an 'answer'")
-    val = load(d.val_source)[:d.n_val] if d.val_source else []
-    return Splits(load(d.source)[:d.n_train], val, heldout)
-
-
-def build_splits(cfg) -> Splits:
-    d = cfg.data
-    if d.source == "arithmetic":
-        return generated_splits(d, lambda split, n: arithmetic_tasks(
-            d.level, split, n, cfg.train.seed, d.split_fractions, d.template))
-    return file_splits(d, load_tasks)
 
 
 @dataclass
@@ -195,6 +163,7 @@ class SRTLoop:
         """pass@1 and maj@n on the held-out split (and pass@1 on the validation split). A reply cut
         off by the token limit is never an answer here, whatever the training reward's rule."""
         e = self.cfg.eval
+        self.progress.phase(f"evaluate (step {step})" if step == 0 else "evaluate")
         splits = {"heldout": self.splits.heldout, "val": self.splits.val}
         tasks = [t for split in splits.values() for t in split]     # one sampling call for both
         groups = iter(self.sample_groups(tasks, e.n, e.temperature, seed=10_000_000 + step))
@@ -222,6 +191,7 @@ class SRTLoop:
         self.state.train_ids = [t["id"] for t in self.splits.train]
         if not (need_labels or need_rank):
             return
+        self.progress.phase("base-model votes")
         k = max(self.cfg.reward.offline_rollouts if need_labels else 0,
                 self.cfg.curriculum.rollouts if need_rank else 0)
         groups = self.sample_groups(self.splits.train, k, self.cfg.sampling.temperature, seed=20_000_000)
@@ -271,8 +241,10 @@ class SRTLoop:
         cfg = self.cfg
         tasks = self.batch_for(step)
         t0 = time.perf_counter()
+        self.progress.phase("generate")
         groups = self.rollouts(step, tasks)
         t_gen = time.perf_counter() - t0
+        self.progress.phase("grade")
         scored = self.score(tasks, groups)
         learner_version = self.roles.version
         stale = [i for i, g in enumerate(groups)
@@ -284,12 +256,14 @@ class SRTLoop:
         samples = [Sample(c.prompt_ids, c.token_ids, a, c.logprobs, scored[i].task.get("image"))
                    for i in used for c, a in zip(scored[i].completions, scored[i].advantages)]
         t1 = time.perf_counter()
+        self.progress.phase("train")
         learner_stats = self.roles.train(samples) if samples else {}
         t_train = time.perf_counter() - t1
         if "is_weights" in learner_stats:      # back onto the groups they came from, in order
             weights = iter(learner_stats.pop("is_weights"))
             for i in used:
                 scored[i].is_weights = [next(weights) for _ in scored[i].completions]
+        self.progress.phase("sync")
         sync = self.roles.sync_weights() if samples else {}
         rows = [row for g in scored for row in g.rows(step, learner_version)]
         self.store.write_samples(step, rows)
@@ -325,6 +299,7 @@ class SRTLoop:
 
     def checkpoint(self, step: int) -> None:
         import ray
+        self.progress.phase("checkpoint")
         self.state.step = step
         self.state.early, self.state.collapse = self.early.state(), self.collapse.state()
 
@@ -344,6 +319,7 @@ class SRTLoop:
         if ckpt is None:
             raise FileNotFoundError(f"{self.store.root}: no checkpoint to resume from")
         self.state = LoopState(**json.loads((ckpt / "loop_state.json").read_text()))
+        self.state.stopped = None     # a stopped run is resumed only when asked for more
         if self.state.early:
             self.early = EarlyStopping(**self.state.early)
         if self.state.collapse:
@@ -364,6 +340,9 @@ class SRTLoop:
         else:
             start = 0
             self.store.event("run_started", 0, name=cfg.name)
+            # the counts the check printed before Ray started, for the record
+            self.store.event("data", 0, **split_sizes(self.splits), source=cfg.data.source)
+            self.progress.start(cfg.train.steps, 0)         # step 0's evaluation inside the bar
             base = self.evaluate(0)
             self.log(0, base)
             self.progress.line(0, base)
@@ -401,13 +380,14 @@ class SRTLoop:
         if self.early.best_step == step:
             self.store.mark_best(step)
             self.store.event("best_checkpoint", step, value=self.early.best,
-                             metric=self.cfg.early_stopping.metric)
+                             metric=getattr(self, "best_metric", self.cfg.early_stopping.metric))
 
     def after_eval(self, step: int, ev: dict[str, float]) -> None:
         self.check_collapse(step, self.collapse.observe_heldout(ev["heldout/pass@1"]))
-        metric = self.cfg.early_stopping.metric
-        if metric not in ev:
-            return
+        # what picks checkpoints/best (and the report's "best"): early_stopping.metric (val/pass@1)
+        # when the run has it, else held-out pass@1 (a run without a validation split)
+        metric = self.cfg.early_stopping.metric if self.cfg.early_stopping.metric in ev else "heldout/pass@1"
+        self.best_metric = metric
         improved, stop = self.early.update(step, ev[metric])
         if stop and self.cfg.early_stopping.enabled and not self.state.stopped:
             self.state.stopped = (f"{metric} has not improved for {self.early.patience} evaluations "

@@ -16,149 +16,19 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from services.figures import new_figure, save_png
 from services.run_store import atomic_write_text
 
-METRICS_FILE = "metrics.parquet"
-CONFIG_FILE = "config.yaml"
-EVENTS_FILE = "events.jsonl"
+from jobs.srt.run_reader import (EVENTS_OF_INTEREST, METRICS_FILE, PASS1, REWARD_METRICS, VAL_PASS1,  # noqa: F401
+                                 Run, Series, _as_int, load_run)
+
 HELDOUT_PNG = "heldout.png"
 TRAINING_PNG = "training.png"
 REPORT_MD = "report.md"
-
-PASS1 = "heldout/pass@1"
-VAL_PASS1 = "val/pass@1"
-_MAJ_RE = re.compile(r"^heldout/maj@(\d+)$")
-REWARD_METRICS = ("train/pseudo_reward", "train/majority_agreement", "train/true_reward",
-                  "collapse/top_answer_share", "collapse/prompt_echo_share")
-EVENTS_OF_INTEREST = ("collapse_detected", "early_stop", "best_checkpoint")
-
-Series = list[tuple[int, float]]   # (step, value), sorted by step, one value per step
-
-
-# --------------------------------------------------------------------------------------------
-# Reading a run directory
-# --------------------------------------------------------------------------------------------
-
-@dataclass
-class Run:
-    path: Path
-    name: str
-    reward_kind: Optional[str]
-    metrics: dict[str, Series]
-    events: list[dict] = field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} ({self.reward_kind})" if self.reward_kind else self.name
-
-    def series(self, name: str) -> Series:
-        return self.metrics.get(name, [])
-
-    @property
-    def maj_name(self) -> Optional[str]:
-        """The held-out ``maj@k`` metric (the largest k if several were logged)."""
-        found = [(int(m.group(1)), n) for n in self.metrics if (m := _MAJ_RE.match(n))]
-        return max(found)[1] if found else None
-
-    @property
-    def maj_label(self) -> str:
-        n = self.maj_name
-        return n.split("/", 1)[1] if n else "maj@k"
-
-    def best_pass1(self) -> Optional[tuple[int, float]]:
-        """(step, value) of the highest held-out pass@1; the earliest step on ties."""
-        s = self.series(PASS1)
-        if not s:
-            return None
-        return max(s, key=lambda sv: (sv[1], -sv[0]))
-
-
-def _load_metrics(run_dir: Path) -> dict[str, Series]:
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
-        raise ValueError(f"no metrics: {path} does not exist (is {run_dir} a run directory?)")
-    import pyarrow.parquet as pq
-    try:
-        table = pq.read_table(path, columns=["step", "name", "value"])
-    except Exception as e:  # corrupt, truncated, or missing columns
-        raise ValueError(f"cannot read {path}: {e}") from None
-    steps = table.column("step").to_pylist()
-    names = table.column("name").to_pylist()
-    values = table.column("value").to_pylist()
-    latest: dict[str, dict[int, float]] = {}
-    for step, name, value in zip(steps, names, values):
-        if step is None or name is None or value is None or not math.isfinite(value):
-            continue
-        latest.setdefault(name, {})[int(step)] = float(value)   # a re-logged step: last row wins
-    if not latest:
-        raise ValueError(f"no metrics: {path} holds no finite values")
-    return {name: sorted(by_step.items()) for name, by_step in latest.items()}
-
-
-def _load_config(run_dir: Path) -> tuple[str, Optional[str]]:
-    """(run name, reward kind) from config.yaml; falls back to the directory name."""
-    path = run_dir / CONFIG_FILE
-    name, kind = run_dir.resolve().name, None
-    if not path.is_file():
-        return name, kind
-    import yaml
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError:
-        return name, kind
-    if isinstance(raw, dict):
-        if raw.get("name"):
-            name = str(raw["name"])
-        reward = raw.get("reward")
-        if isinstance(reward, dict) and reward.get("kind"):
-            kind = str(reward["kind"])
-    return name, kind
-
-
-def _load_events(run_dir: Path) -> list[dict]:
-    """Events of interest, by step. Lines that are not JSON objects (e.g. a line still being
-    written by a live run) are skipped."""
-    path = run_dir / EVENTS_FILE
-    if not path.is_file():
-        return []
-    events = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            ev = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(ev, dict) and ev.get("event") in EVENTS_OF_INTEREST:
-            events.append(ev)
-    events.sort(key=lambda e: _as_int(e.get("step")))
-    return events
-
-
-def _as_int(v, default: int = -1) -> int:
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        return default
-
-
-def load_run(run_dir: str | os.PathLike) -> Run:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ValueError(f"no metrics: run directory {run_dir} does not exist "
-                         f"(expected {run_dir / METRICS_FILE})")
-    metrics = _load_metrics(run_dir)
-    name, kind = _load_config(run_dir)
-    return Run(run_dir, name, kind, metrics, _load_events(run_dir))
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,6 +48,11 @@ def _mark_collapses(ax, steps: Sequence[int], label: bool) -> None:
     for i, s in enumerate(steps):
         ax.axvline(s, color="tab:red", linestyle=":", linewidth=1.4, alpha=0.8,
                    label="collapse detected" if (label and i == 0) else None)
+
+
+def _integer_steps(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _accuracy_ylim(ax, values: Iterable[float]) -> None:
@@ -205,6 +80,11 @@ def plot_heldout(run: Run, others: Sequence[Run], path: Path) -> bool:
                 linestyle="--", alpha=0.75 if comparing else 1.0, linewidth=1.6,
                 label=f"{prefix}{run.maj_label}")
         shown += [v for _, v in maj]
+    val = run.series(VAL_PASS1)
+    if val and not comparing:
+        ax.plot(*_xy(val), marker="D", markersize=4, color="tab:green", linestyle=":", linewidth=1.6,
+                label="val/pass@1 (picks checkpoints/best)")
+        shown += [v for _, v in val]
     palette = ["tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan",
                "tab:gray", "tab:orange"]
     for i, other in enumerate(others):
@@ -214,26 +94,46 @@ def plot_heldout(run: Run, others: Sequence[Run], path: Path) -> bool:
                     label=f"{other.label} pass@1")
             shown += [v for _, v in s]
     _mark_collapses(ax, _collapse_steps(run), label=True)
-    best = run.best_pass1()
-    if best:
-        step, value = best
-        ax.plot([step], [value], marker="*", markersize=17, color="gold", markeredgecolor="black",
-                linestyle="none", zorder=5, label=f"best pass@1 {value:.3f} (step {step})")
+    best = run.best()
+    at = dict(pass1).get(best[1]) if best else None
+    if best and at is not None:
+        metric, step, value = best
+        ax.plot([step], [at], marker="*", markersize=17, color="gold", markeredgecolor="black",
+                linestyle="none", zorder=5,
+                label=f"best checkpoint: step {step} ({metric} {value:.3f})")
     _accuracy_ylim(ax, shown)
+    _integer_steps(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("held-out accuracy")
     ax.set_title(f"Held-out accuracy: {run.label}" if not comparing
                  else f"Held-out pass@1: {run.label} vs " + ", ".join(o.label for o in others))
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize=8, framealpha=0.85)
+    if comparing:     # several runs' lines fill the panel: the legend goes beside it
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    else:
+        ax.legend(loc="best", fontsize=8, framealpha=0.85)
     save_png(fig, path)
     return True
+
+
+def _same(a: Series, b: Series) -> bool:
+    return len(a) == len(b) and all(x[0] == y[0] and abs(x[1] - y[1]) < 1e-9 for x, y in zip(a, b))
+
+
+def _flat_zero(s: Series) -> bool:
+    return all(abs(v) < 1e-12 for _, v in s)
 
 
 def plot_training(run: Run, path: Path) -> bool:
     """training.png; False (nothing written) when the run logged none of its metrics."""
     rewards = [(n, run.series(n)) for n in REWARD_METRICS if run.series(n)]
+    # hard majority-vote rewards: the pseudo-reward IS the majority agreement — one line, named so
+    same = _same(run.series("train/pseudo_reward"), run.series("train/majority_agreement"))
+    if same:
+        rewards = [(n, s) for n, s in rewards if n != "train/majority_agreement"]
     loss, kl = run.series("train/loss"), run.series("train/kl")
+    if kl and _flat_zero(kl):       # KL off (kl_coef 0): a flat line says nothing
+        kl = []
     panels = int(bool(rewards)) + int(bool(loss or kl))
     if not panels:
         return False
@@ -241,7 +141,8 @@ def plot_training(run: Run, path: Path) -> bool:
     axes = fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0]
     collapses = _collapse_steps(run)
     styles = {"train/pseudo_reward": dict(color="tab:blue", linewidth=2),
-              "train/majority_agreement": dict(color="tab:orange", linewidth=1.6),
+              "train/majority_agreement": dict(color="tab:orange", linewidth=1.4, linestyle="--",
+                                               marker=".", markersize=5),
               "train/true_reward": dict(color="tab:green", linewidth=1.6, linestyle="--"),
               "collapse/top_answer_share": dict(color="tab:red", linewidth=1.0, linestyle="-.",
                                                 alpha=0.7),
@@ -251,8 +152,10 @@ def plot_training(run: Run, path: Path) -> bool:
         ax = axes[i]
         i += 1
         for name, s in rewards:
-            ax.plot(*_xy(s), label=name.split("/", 1)[1] if name.startswith("train/") else name,
-                    **styles[name])
+            label = name.split("/", 1)[1] if name.startswith("train/") else name
+            if same and name == "train/pseudo_reward":
+                label = "pseudo_reward = majority_agreement"
+            ax.plot(*_xy(s), label=label, **styles[name])
         _mark_collapses(ax, collapses, label=True)
         _accuracy_ylim(ax, [v for _, s in rewards for _, v in s])
         ax.set_ylabel("reward / share")
@@ -278,6 +181,7 @@ def plot_training(run: Run, path: Path) -> bool:
         if not rewards:
             ax.set_title(f"Training: {run.label}")
     axes[-1].set_xlabel("step")
+    _integer_steps(axes[-1])
     save_png(fig, path)
     return True
 
@@ -346,11 +250,13 @@ def demo_table(run_dir: str | os.PathLike) -> str:
 
     for step, p1, mk, _ in rows:
         row("base (step 0)" if step == 0 else f"step {step}", step, p1, mk)
-    best = run.best_pass1()
+    best = run.best()
     if best:
-        bstep, bval = best
+        metric, bstep, _ = best
         table.add_section()
-        row(f"best (step {bstep})", bstep, bval, {r[0]: r[2] for r in rows}.get(bstep))
+        # the step checkpoints/best holds, by the metric that chose it; its held-out numbers
+        row(f"best (step {bstep}, by {metric})", bstep, {r[0]: r[1] for r in rows}.get(bstep),
+            {r[0]: r[2] for r in rows}.get(bstep))
     buf = io.StringIO()
     Console(file=buf, width=100, force_terminal=False, color_system=None, highlight=False,
             emoji=False, markup=False).print(table)
@@ -381,13 +287,20 @@ def _markdown(run: Run, others: Sequence[Run], images: dict[str, bool], sections
         out.append("")
     else:
         out += ["No held-out evaluations were logged.", ""]
-    best = run.best_pass1()
+    best = run.best()
     if best:
-        out += [f"**Best held-out pass@1: {best[1]:.3f} at step {best[0]}**", ""]
+        metric, step, value = best
+        at = dict(run.series(PASS1)).get(step)
+        out += [f"**Best checkpoint (`checkpoints/best`): step {step}, chosen by {metric} = {value:.3f}**"
+                + (f"; held-out pass@1 there: {at:.3f}" if at is not None and metric != PASS1 else ""), ""]
         base = dict(run.series(PASS1)).get(0)
-        if base is not None:
+        if base is not None and at is not None:
             out += [f"Base model (step 0) pass@1: {base:.3f} "
-                    f"(best is {best[1] - base:+.3f})", ""]
+                    f"(the best checkpoint's is {at - base:+.3f})", ""]
+        top = run.best_pass1()
+        if top and top[0] != step:
+            out += [f"The highest held-out pass@1, {top[1]:.3f}, was at step {top[0]}: held-out "
+                    f"numbers only measure; they never pick a checkpoint.", ""]
 
     out += ["## Events", ""]
     if run.events:
@@ -404,7 +317,7 @@ def _markdown(run: Run, others: Sequence[Run], images: dict[str, bool], sections
     out.append("")
 
     if others:
-        out += ["## Comparison", "", "| run | reward | best pass@1 | at step | final pass@1 |",
+        out += ["## Comparison", "", "| run | reward | best held-out pass@1 | at step | final pass@1 |",
                 "|---|---|---:|---:|---:|"]
         for r in [run, *others]:
             b, s = r.best_pass1(), r.series(PASS1)

@@ -2,7 +2,7 @@
 generations."""
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import Field, field_validator
 
@@ -77,6 +77,7 @@ class UIGenieLoopConfig(Strict):
 
 
 class UIGenieConfig(JobConfig):
+    RESUMABLE_KEYS: ClassVar[tuple[str, ...]] = JobConfig.RESUMABLE_KEYS + ("loop.generations",)
     job: Literal["uigenie"] = "uigenie"
     name: str = "uigenie"
     model: ModelConfig = ModelConfig()

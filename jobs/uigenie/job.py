@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from actors.learner import Sample
 from jobs.uigenie.config import UIGenieConfig
 from services.registry import Job, RunContext
 
@@ -33,6 +32,7 @@ class UIGenieActors:
         prompts = ray.get([self.sampler.encode.remote([{"role": "user", "content": p}], REPLY_PREFIX)
                            for p, _ in todo])
         replies = ray.get([self.sampler.encode_reply.remote(c) for _, c in todo])
+        from actors.learner import Sample    # torch: not at import, so the CLI's checks stay fast
         self._encoded.update({key: Sample(p, t, 1.0) for key, p, t in zip(todo, prompts, replies)})
         samples = [self._encoded[(r["prompt"], r["completion"])] for r in rows]
         losses = []
@@ -118,9 +118,10 @@ def uigenie_roles(cfg) -> list:
 
 def check_uigenie(cfg) -> None:
     from actors.emulator.factory import check_backend
-    from actors.model_loading import resolve_model
-    resolve_model(cfg.model.name)
-    resolve_model(cfg.reward_model.model or cfg.model.name)
+    from services.inputs import check_model
+    check_model(cfg.model.name)
+    if cfg.reward_model.model:
+        check_model(cfg.reward_model.model, "reward_model.model")
     check_backend(cfg.devices.backend)
 
 

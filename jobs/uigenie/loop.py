@@ -291,8 +291,8 @@ class UIGenieLoop:
         text = "  ".join(f"{label} {values[k]:.3f}" if not k.startswith(("data/", "time/"))
                          else f"{label} {values[k]:.0f}" for k, label in shown if k in values)
         self.progress.console.print(f"gen {g:3d}  {text}", highlight=False, soft_wrap=True)
-        if self.progress.bar is not None and g >= 0:
-            self.progress.bar.update(self.progress.task, completed=g + 1)
+        if g >= 0:
+            self.progress.tick(g + 1)
 
     # --- checkpoints --------------------------------------------------------------------------------
 
