@@ -1,12 +1,13 @@
-"""Learner actor: one GRPO policy update per batch of sampled completions (torch, fp32 master weights).
+"""Learner actor: GRPO/PPO policy updates on batches of sampled completions (torch, fp32 master weights).
 
 A batch is a list of samples, each (prompt ids, completion ids, advantage), a prompt's samples
 next to each other. Each prompt is run once and its samples on top of its KV cache (see
 ``completion_logprobs``). Micro-batches are whole prompt groups cut by a token budget and their
 gradients accumulated; aggregation is exact across micro-batches.
 
-One optimizer step per batch, so π_old is the current policy (ratio 1, gradient −A∇logπ unless
-clipped); the sampler's log-probs are compared against the learner's as a check of the sync.
+By default one optimizer step per batch, so π_old is the current policy (ratio 1, gradient −A∇logπ);
+``ppo_epochs`` × ``mini_batches`` steps per batch, where the clip acts, are in ``actors/ppo_update.py``.
+The sampler's log-probs are compared against the learner's as a check of the sync.
 
 Data parallel (``world_size`` > 1): one Learner actor per GPU (or CPU process), joined in a
 torch.distributed group (NCCL on GPUs, gloo on CPUs). Rank 0 is the role's face: it splits the
@@ -21,15 +22,15 @@ import json
 import os
 import random
 import sys
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from actors import data_parallel, grpo
+from actors import data_parallel
 from actors.generation import cache_kwarg, left_pad, output_cache, right_pad
 from actors.learner_settings import LearnerSettings
+from actors.ppo_update import PolicyUpdate
 from actors.weights.pack import pack_state
 
 
@@ -138,7 +139,7 @@ def freeze_below(model, trainable_layers: int) -> None:
     model.model.norm.requires_grad_(True)
 
 
-class Learner:
+class Learner(PolicyUpdate):
     def __init__(self, settings: LearnerSettings):
         from actors.model_loading import load_policy
         torch.set_num_threads(settings.threads or os.cpu_count() or 1)
@@ -233,107 +234,6 @@ class Learner:
             out[r] += g
             load[r] += size(g)
         return [sorted(x) for x in out]
-
-    # --- the update -------------------------------------------------------------------------------
-
-    def micro_batches(self, samples: list[Sample]) -> list[list[Sample]]:
-        """Chunks of whole prompt groups (consecutive samples with the same prompt) whose padded
-        size stays within the token budget; a group larger than the budget is a chunk of its own."""
-        batches, current = [], []
-        for group in ([samples[i] for i in g] for g in prompt_groups(samples)):
-            trial = current + group
-            width = max(len(s.prompt_ids) + len(s.token_ids) for s in trial)
-            if current and width * len(trial) > self.s.micro_batch_tokens:
-                batches.append(current)
-                trial = group
-            current = trial
-        return batches + ([current] if current else [])
-
-    def train_step(self, samples: list[Sample]) -> dict[str, float]:
-        """One optimizer step on ``samples``; returns the step's metrics.
-
-        With ``tis_cap`` (asynchronous rollouts: samples drawn by an older policy μ) each token's
-        loss is weighted by w = min(π_θ(a)/μ(a), cap), detached — truncated importance sampling —
-        and ``is_weights`` (each sample's mean w, in input order) comes back with the metrics.
-        Data parallel, rank 0 hands each rank its share and sums their metrics."""
-        if not samples:
-            return {}
-        totals = (float(sum(len(s.token_ids) for s in samples)), float(len(samples)))
-        if self.world_size == 1:
-            return self.train_shard(samples, totals)
-        import ray
-        shards = self.shards(samples)
-        work = [[samples[i] for i in shard] for shard in shards]
-        # sharded weights: every rank runs as many micro-batches as the busiest one (see data_parallel)
-        steps = max(len(self.micro_batches(w)) for w in work) if self.s.shard_weights else 0
-        calls = [peer.train_shard.remote(w, totals, steps) for peer, w in zip(self.peers, work[1:])]
-        parts = [self.train_shard(work[0], totals, steps)] + ray.get(calls)
-        stats = {k: sum(p.get(k, 0.0) for p in parts) for k in ("loss", "kl", "sampler_logprob_gap")}
-        stats.update(grad_norm=parts[0]["grad_norm"], tokens=totals[0], sequences=totals[1])
-        if any("is_weights" in p for p in parts):
-            weights = [0.0] * len(samples)
-            for shard, part in zip(shards, parts):
-                for i, w in zip(shard, part.get("is_weights", [])):
-                    weights[i] = w
-            stats["is_weights"] = weights
-        return stats
-
-    def train_shard(self, samples: list[Sample], totals: tuple[float, float], micro_steps: int = 0) -> dict:
-        """This rank's share of a step: losses over ``samples`` aggregated with the whole batch's
-        (tokens, sequences), gradients summed across ranks, one optimizer step. Fewer than
-        ``micro_steps`` micro-batches are topped up with placeholders whose loss is zero."""
-        total_tokens, total_seqs = totals
-        aggregate = grpo.AGGREGATIONS[self.s.aggregation]
-        policy_loss = grpo.POLICY_LOSSES[self.s.policy_loss]
-        stats = {"loss": 0.0, "kl": 0.0, "sampler_logprob_gap": 0.0}
-        is_weights: dict[int, float] = {}
-        self.opt.zero_grad(set_to_none=True)
-        autocast = torch.autocast("cpu" if self.s.device == "cpu" else "cuda", dtype=torch.bfloat16) \
-            if self.s.autocast == "bf16" else nullcontext()
-        batches = self.micro_batches(samples)
-        placeholder = [Sample([self.pad_id], [self.pad_id], 0.0)]
-        batches += [placeholder] * (micro_steps - len(batches))
-        for mb in batches:
-            with autocast:
-                logp, mask = completion_logprobs(self.model, mb, self.pad_id, self.s.device, self.vision,
-                                                 whole_sequences=self.s.gradient_checkpointing)
-            if mb is placeholder:
-                mask = torch.zeros_like(mask)
-            adv = torch.tensor([s.advantage for s in mb], dtype=torch.float32, device=logp.device)
-            per_token = policy_loss(logp, logp.detach(), adv, clip_low=self.s.clip_low,
-                                    clip_high=self.s.clip_high)
-            behaviour = None
-            if mb[0].sampler_logprobs is not None:
-                behaviour = torch.zeros_like(logp)
-                for i, s in enumerate(mb):
-                    behaviour[i, :len(s.sampler_logprobs)] = torch.tensor(s.sampler_logprobs, device=logp.device)
-            if self.s.tis_cap and behaviour is not None:
-                w = torch.exp(logp.detach() - behaviour).clamp(max=self.s.tis_cap) * mask
-                per_token = per_token * w
-                for i, s in enumerate(mb):
-                    is_weights[id(s)] = float(w[i].sum() / mask[i].sum().clamp(min=1))
-            if self.ref is not None:
-                with torch.no_grad(), autocast:
-                    ref_logp, _ = completion_logprobs(self.ref, mb, self.pad_id, self.s.device, self.vision)
-                kl = grpo.KL_ESTIMATORS[self.s.kl_estimator](logp, ref_logp)
-                per_token = per_token + self.s.kl_coef * kl
-                stats["kl"] += float(aggregate(kl.detach(), mask, total_tokens, total_seqs))
-            loss = aggregate(per_token, mask, total_tokens, total_seqs)
-            loss.backward()
-            stats["loss"] += float(loss.detach())
-            if behaviour is not None:
-                stats["sampler_logprob_gap"] += float(aggregate((behaviour - logp.detach()).abs(), mask,
-                                                                total_tokens, total_seqs))
-        if self.world_size > 1 and not self.s.shard_weights:    # FSDP reduce-scatters in backward
-            data_parallel.sum_gradients(self.model)
-        stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip))
-        self.opt.step()
-        self.version += 1
-        stats["tokens"] = total_tokens
-        stats["sequences"] = total_seqs
-        if is_weights:
-            stats["is_weights"] = [is_weights[id(s)] for s in samples]
-        return stats
 
     # --- weights out ------------------------------------------------------------------------------
 

@@ -21,6 +21,12 @@ class UpdateRule(BaseModel):
     aggregation: str = "token-mean"
     kl_coef: float = Field(0.0, ge=0)
     kl_estimator: str = "low_var_kl"
+    ppo_epochs: int = Field(1, ge=1, description="passes over each rollout batch")
+    mini_batches: int = Field(1, ge=1, description="optimizer steps per pass: the rollout batch cut "
+                              "into this many runs of whole prompt groups")
+    old_logprobs: Literal["recompute", "sampler"] = Field(
+        "recompute", description="π_old of the PPO ratio: the learner's log-probs before the "
+        "rollout's first step, or the sampler's")
     micro_batch_tokens: int = Field(4096, ge=1)
     autocast: Literal["none", "bf16"] = "none"
     tis_cap: Optional[float] = Field(None, gt=1, description="truncated importance sampling cap for "
