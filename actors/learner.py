@@ -18,17 +18,15 @@ ranks hold the model (replicated, ZeRO-1, fully sharded) is in ``actors/data_par
 """
 from __future__ import annotations
 
-import json
 import os
-import random
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from actors import data_parallel
 from actors.generation import cache_kwarg, left_pad, output_cache, right_pad
+from actors.learner_checkpoint import Checkpoints
 from actors.learner_settings import LearnerSettings
 from actors.ppo_update import PolicyUpdate
 from actors.weights.pack import pack_state
@@ -139,7 +137,7 @@ def freeze_below(model, trainable_layers: int) -> None:
     model.model.norm.requires_grad_(True)
 
 
-class Learner(PolicyUpdate):
+class Learner(PolicyUpdate, Checkpoints):
     def __init__(self, settings: LearnerSettings):
         from actors.model_loading import load_policy
         torch.set_num_threads(settings.threads or os.cpu_count() or 1)
@@ -216,15 +214,6 @@ class Learner(PolicyUpdate):
         """(name, whole tensor) per parameter; sharded ones are all-gathered (a collective)."""
         return [(name, data_parallel.gathered(p)) for name, p in self.model.named_parameters()]
 
-    def checkpoint_state(self) -> tuple[dict, dict | None]:
-        """(model state, optimizer state) whole, laid out as one process has them (a collective
-        when sharded; the optimizer state is rank 0's only under ZeRO-1)."""
-        model = {k: data_parallel.gathered(v) for k, v in self.model.state_dict().items()}
-        if self.s.shard_optimizer and self.world_size > 1:
-            self.opt.consolidate_state_dict(to=0)
-            return model, self.opt.state_dict() if self.rank == 0 else None
-        return model, data_parallel.gathered_state(self.opt.state_dict())
-
     def shards(self, samples: list[Sample]) -> list[list[int]]:
         """Sample indices per rank: whole prompt groups, each to the rank with the fewest tokens."""
         load, out = [0] * self.world_size, [[] for _ in range(self.world_size)]
@@ -287,53 +276,3 @@ class Learner(PolicyUpdate):
         packed = pack_state(self._with_peers("whole_parameters"), self.version, self._sync_dtype())
         ray = sys.modules.get("ray")      # imported by whoever started Ray; no Ray, no import
         return packed.nbytes, ([ray.put(packed)] if ray and ray.is_initialized() else packed)
-
-    # --- checkpoints ------------------------------------------------------------------------------
-
-    def save(self, directory: str) -> None:
-        """Write model, optimizer and RNG state into ``directory`` (the caller renames it into place;
-        a URI is written locally and uploaded)."""
-        from actors.storage import write_dir
-        model, optimizer = self._with_peers("checkpoint_state")
-        write_dir(directory, lambda path: self._write_files(path, model, optimizer))
-
-    def _write_files(self, path: Path, model: dict, optimizer: dict) -> None:
-        from safetensors.torch import save_file
-        path.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous() for k, v in model.items()
-                   if k != "lm_head.weight" or not self.model.config.tie_word_embeddings},
-                  str(path / "model.safetensors"))
-        torch.save({"optimizer": optimizer, "torch_rng": torch.get_rng_state(),
-                    "python_rng": random.getstate()}, path / "trainer_state.pt")
-        (path / "learner.json").write_text(json.dumps({"version": self.version}))
-
-    def load(self, directory: str) -> int:
-        """Every rank loads the same checkpoint (rank 0 tells its peers to)."""
-        from actors.storage import read_dir
-        calls = [peer.load.remote(directory) for peer in self.peers]
-        with read_dir(directory) as path:
-            version = self._load_files(path)
-        if calls:
-            import ray
-            ray.get(calls)
-        return version
-
-    def _load_files(self, path: Path) -> int:
-        from safetensors.torch import load_file
-        current = self.model.state_dict()
-        whole = load_file(str(path / "model.safetensors"))
-        missing, unexpected = self.model.load_state_dict(
-            {k: data_parallel.sharded_like(v, current.get(k)) for k, v in whole.items()}, strict=False)
-        if unexpected or [m for m in missing if m != "lm_head.weight"]:
-            raise ValueError(f"checkpoint {path} does not match the model: missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]}")
-        state = torch.load(path / "trainer_state.pt", weights_only=False)
-        optimizer = state["optimizer"]
-        if self.s.shard_weights and self.world_size > 1:
-            optimizer = data_parallel.shard_optimizer_state(
-                optimizer, [p for group in self.opt.param_groups for p in group["params"]])
-        self.opt.load_state_dict(optimizer)
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["python_rng"])
-        self.version = json.loads((path / "learner.json").read_text())["version"]
-        return self.version

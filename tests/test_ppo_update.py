@@ -12,7 +12,7 @@ from actors.grpo import ppo_clip_loss, token_mean
 from actors.learner import Learner, LearnerSettings, Sample, completion_logprobs
 from actors.ppo_update import ratio_stats, split_groups
 from services.config import ConfigError, parse_config
-from tests.test_generation_learner import fixed_samples, prompts, lm  # noqa: F401  (fixtures)
+from tests.test_generation_learner import PROMPT_TEXTS, fixed_samples
 
 # one token each: ρ = 1.5, 1.1 with A = +1; ρ = 0.5, 0.9, 2.5, 4.0 with A = −1
 RATIOS = [1.5, 1.1, 0.5, 0.9, 2.5, 4.0]
@@ -51,6 +51,14 @@ def test_mini_batches_are_runs_of_whole_groups():
     assert split_groups(groups, 2) == [[0, 1, 2, 3, 4], [5, 6, 7]]
     assert split_groups(groups, 3) == [[0, 1, 2, 3, 4], [5], [6, 7]]
     assert split_groups(groups, 9) == [[0, 1], [2, 3, 4], [5], [6, 7]]    # no more runs than groups
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_lm):
+    from actors.model_loading import load_causal_lm
+    _, tok = load_causal_lm(tiny_lm)
+    return [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                    tokenize=True, return_dict=False) for p in PROMPT_TEXTS]
 
 
 def settings(path, **kw) -> LearnerSettings:
