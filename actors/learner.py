@@ -147,6 +147,9 @@ class Learner(PolicyUpdate, Checkpoints):
         self.pad_id = tokenizer.pad_token_id
         if settings.trainable_layers is not None:
             freeze_below(self.model, settings.trainable_layers)
+        if settings.lora is not None:
+            from actors.lora import add_adapters
+            add_adapters(self.model, settings.lora)
         if settings.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
@@ -211,18 +214,19 @@ class Learner(PolicyUpdate, Checkpoints):
         return True
 
     def whole_parameters(self) -> list[tuple[str, torch.Tensor]]:
-        """(name, whole tensor) per parameter; sharded ones are all-gathered (a collective)."""
+        """(name, whole tensor) per parameter of the policy the samplers run; sharded ones are
+        all-gathered (a collective). With LoRA: the base model's parameters, adapters merged."""
+        if self.s.lora is not None:
+            from actors.lora import merged_parameters
+            return merged_parameters(self.model, data_parallel.gathered)
         return [(name, data_parallel.gathered(p)) for name, p in self.model.named_parameters()]
 
-    def shards(self, samples: list[Sample]) -> list[list[int]]:
-        """Sample indices per rank: whole prompt groups, each to the rank with the fewest tokens."""
-        load, out = [0] * self.world_size, [[] for _ in range(self.world_size)]
-        size = lambda g: sum(len(samples[i].prompt_ids) + len(samples[i].token_ids) for i in g)
-        for g in sorted(prompt_groups(samples), key=size, reverse=True):
-            r = load.index(min(load))
-            out[r] += g
-            load[r] += size(g)
-        return [sorted(x) for x in out]
+    def exported_layout(self) -> list[tuple[str, torch.Tensor]]:
+        """(name, parameter) in ``whole_parameters``' order and names, without gathering anything."""
+        if self.s.lora is not None:
+            from actors.lora import export_layout
+            return export_layout(self.model.named_parameters())
+        return list(self.model.named_parameters())
 
     # --- weights out ------------------------------------------------------------------------------
 
@@ -233,7 +237,7 @@ class Learner(PolicyUpdate, Checkpoints):
         """What a broadcast sync sends, in order: (name, dtype, shape) per parameter (a sharded
         parameter's shape is the whole one)."""
         from actors.weights.layout import weight_spec
-        return weight_spec(self.model.named_parameters(), self._sync_dtype())
+        return weight_spec(self.exported_layout(), self._sync_dtype())
 
     def open_weight_group(self, address: tuple[str, int], world_size: int, bucket_mb: float) -> bool:
         """Rank 0 of the learner → samplers broadcast group (``actors/weights/broadcast.py``)."""

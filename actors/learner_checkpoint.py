@@ -5,6 +5,8 @@ A checkpoint directory holds
 - ``model.safetensors``: the fp32 master weights (whole tensors in every data-parallel layout);
   absent while the policy is still the base model (version 0): ``learner.json`` then says
   ``"weights": "base"`` and loading takes them from the model the learner was built with;
+- ``adapters.safetensors`` instead, for a LoRA learner (``learner.lora``): the adapters alone, the
+  base weights being the model's;
 - ``learner.json``: the policy version;
 - ``resume/trainer_state.pt``: optimizer and RNG state, which only continuing the run reads. The
   run directory keeps it in the latest checkpoint alone (``services.run_store``); without it a
@@ -25,6 +27,8 @@ import torch
 from actors import data_parallel
 from actors.storage import RESUME_DIR as RESUME
 
+ADAPTERS = "adapters.safetensors"      # a LoRA learner's checkpoint: its adapters, not the base
+
 
 class Checkpoints:
     """``self`` has ``model``, ``opt``, ``s``, ``rank``, ``world_size``, ``peers``, ``version``."""
@@ -32,7 +36,11 @@ class Checkpoints:
     def checkpoint_state(self) -> tuple[dict, dict | None]:
         """(model state, optimizer state) whole, laid out as one process has them (a collective
         when sharded; the optimizer state is rank 0's only under ZeRO-1)."""
-        model = {k: data_parallel.gathered(v) for k, v in self.model.state_dict().items()}
+        state = self.model.state_dict()
+        if self.s.lora is not None:
+            from actors.lora import adapter_state
+            state = adapter_state(state)
+        model = {k: data_parallel.gathered(v) for k, v in state.items()}
         if self.s.shard_optimizer and self.world_size > 1:
             self.opt.consolidate_state_dict(to=0)
             return model, self.opt.state_dict() if self.rank == 0 else None
@@ -48,12 +56,18 @@ class Checkpoints:
     def _write_files(self, path: Path, model: dict, optimizer: dict) -> None:
         from safetensors.torch import save_file
         (path / RESUME).mkdir(parents=True, exist_ok=True)
-        if self.version > 0:
-            save_file(self._weights_to_save(model), str(path / "model.safetensors"))
+        if self.s.lora is not None:
+            weights = ADAPTERS
+            save_file({k: v.detach().contiguous() for k, v in model.items()}, str(path / ADAPTERS))
+        elif self.version > 0:
+            weights = "model.safetensors"
+            save_file(self._weights_to_save(model), str(path / weights))
+        else:
+            weights = "base"
         torch.save({"optimizer": optimizer, "torch_rng": torch.get_rng_state(),
                     "python_rng": random.getstate()}, path / RESUME / "trainer_state.pt")
-        (path / "learner.json").write_text(json.dumps(
-            {"version": self.version, "weights": "model.safetensors" if self.version > 0 else "base"}))
+        lora = self.s.lora.model_dump() if self.s.lora is not None else None
+        (path / "learner.json").write_text(json.dumps({"version": self.version, "weights": weights, "lora": lora}))
 
     def _weights_to_save(self, model: dict) -> dict:
         """The state dict without the tied output embedding (the input embedding holds it)."""
@@ -73,7 +87,9 @@ class Checkpoints:
 
     def _load_files(self, path: Path) -> int:
         meta = json.loads((path / "learner.json").read_text())
-        if (path / "model.safetensors").is_file():
+        if (path / ADAPTERS).is_file() or self.s.lora is not None:
+            self._load_adapters(path)
+        elif (path / "model.safetensors").is_file():
             from safetensors.torch import load_file
             self._load_weights(load_file(str(path / "model.safetensors")), path)
         elif meta.get("weights") != "base":
@@ -89,6 +105,23 @@ class Checkpoints:
             self._load_trainer_state(torch.load(state_file, weights_only=False))
         self.version = meta["version"]
         return self.version
+
+    def _load_adapters(self, path: Path) -> None:
+        """A LoRA checkpoint's adapters into a learner with the same ``learner.lora``."""
+        from safetensors.torch import load_file
+        if self.s.lora is None:
+            raise ValueError(f"checkpoint {path} holds LoRA adapters; set learner.lora to load it")
+        if not (path / ADAPTERS).is_file():
+            raise ValueError(f"checkpoint {path} holds full weights, not the adapters learner.lora trains")
+        current = self.model.state_dict()
+        adapters = load_file(str(path / ADAPTERS))
+        wanted = {k for k in current if ".lora_" in k}
+        if set(adapters) != wanted:
+            raise ValueError(f"checkpoint {path}: its adapters do not match learner.lora "
+                             f"(missing {sorted(wanted - set(adapters))[:3]}, "
+                             f"unexpected {sorted(set(adapters) - wanted)[:3]})")
+        self.model.load_state_dict({k: data_parallel.sharded_like(v, current[k]) for k, v in adapters.items()},
+                                   strict=False)
 
     def _base_weights(self) -> dict:
         """The weights of the model the learner was built with."""
