@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from actors import data_parallel, grpo
+from actors.logprobs import Sample, completion_logprobs, prompt_groups
 
 MEANS = ("loss", "kl", "grad_norm", "clip_fraction", "approx_kl", "ratio_mean")   # over the steps
 SUMS = ("sampler_logprob_gap",)                                                  # over the rollout
@@ -102,7 +103,6 @@ class PolicyUpdate:
     def micro_batches(self, samples: list) -> list[list]:
         """Chunks of whole prompt groups (consecutive samples with the same prompt) whose padded
         size stays within the token budget; a group larger than the budget is a chunk of its own."""
-        from actors.learner import prompt_groups
         batches, current = [], []
         for group in ([samples[i] for i in g] for g in prompt_groups(samples)):
             trial = current + group
@@ -115,7 +115,6 @@ class PolicyUpdate:
 
     def shards(self, samples: list) -> list[list[int]]:
         """Sample indices per rank: whole prompt groups, each to the rank with the fewest tokens."""
-        from actors.learner import prompt_groups
         load, out = [0] * self.world_size, [[] for _ in range(self.world_size)]
         size = lambda g: sum(len(samples[i].prompt_ids) + len(samples[i].token_ids) for i in g)
         for g in sorted(prompt_groups(samples), key=size, reverse=True):
@@ -126,7 +125,6 @@ class PolicyUpdate:
 
     def plan(self, samples: list) -> list[list[list[int]]]:
         """Sample indices [rank][mini-batch]: the mini-batches, each split over the ranks."""
-        from actors.learner import prompt_groups
         per_rank = [[] for _ in range(self.world_size)]
         for mini in split_groups(prompt_groups(samples), self.s.mini_batches):
             for r, shard in enumerate(self.shards([samples[i] for i in mini])):
@@ -193,7 +191,6 @@ class PolicyUpdate:
 
     def _placeholder(self) -> list:
         """A one-token micro-batch whose loss is zero: a rank's forward when it has run out."""
-        from actors.learner import Sample
         if getattr(self, "_placeholder_mb", None) is None:
             self._placeholder_mb = [Sample([self.pad_id], [self.pad_id], 0.0)]
         return self._placeholder_mb
@@ -209,7 +206,6 @@ class PolicyUpdate:
 
     def _forward(self, mb: list) -> tuple[torch.Tensor, torch.Tensor]:
         """Completion log-probs and mask of a micro-batch (a placeholder's mask is all zero)."""
-        from actors.learner import completion_logprobs
         with self._autocast():
             logp, mask = completion_logprobs(self.model, mb, self.pad_id, self.s.device, self.vision,
                                              whole_sequences=self.s.gradient_checkpointing)
@@ -261,7 +257,6 @@ class PolicyUpdate:
             acc["sampler_logprob_gap"] += float(aggregate((behaviour - old).abs(), mask, *once[0]))
 
     def _ref_logprobs(self, mb):
-        from actors.learner import completion_logprobs
         return completion_logprobs(self.ref, mb, self.pad_id, self.s.device, self.vision)
 
     def _behaviour(self, mb: list, logp: torch.Tensor):

@@ -7,14 +7,13 @@ import shutil
 
 from actors.learner import Learner, LearnerSettings
 from tests.test_generation_learner import assert_params_close, fixed_samples, params
-from tests.test_ppo_update import prompts  # noqa: F401  (fixture)
 
 
 def settings(path, **kw) -> LearnerSettings:
     return LearnerSettings(**{"model": path, "lr": 1e-2, "threads": 1, **kw})
 
 
-def test_an_untrained_policy_is_saved_without_weights(tiny_lm, prompts, tmp_path):
+def test_an_untrained_policy_is_saved_without_weights(tiny_lm, prompt_ids, tmp_path):
     """Version 0 is the base model: no model.safetensors; a learner that has trained since loads
     the base weights back from its model, one that has not keeps its own."""
     base = Learner(settings(tiny_lm))
@@ -22,18 +21,18 @@ def test_an_untrained_policy_is_saved_without_weights(tiny_lm, prompts, tmp_path
     assert not (tmp_path / "v0" / "model.safetensors").exists()
     assert (tmp_path / "v0" / "resume" / "trainer_state.pt").is_file()
     moved = Learner(settings(tiny_lm))
-    moved.train_step(fixed_samples(prompts))
+    moved.train_step(fixed_samples(prompt_ids))
     assert moved.load(str(tmp_path / "v0")) == 0
     assert_params_close(params(moved.model), params(base.model), atol=0)
     # the optimizer state went back to the empty one of version 0: both take the same next step
-    a, b = moved.train_step(fixed_samples(prompts)), base.train_step(fixed_samples(prompts))
+    a, b = moved.train_step(fixed_samples(prompt_ids)), base.train_step(fixed_samples(prompt_ids))
     assert a["loss"] == b["loss"]
     assert_params_close(params(moved.model), params(base.model), atol=0)
 
 
-def test_a_checkpoint_without_resume_state_loads_its_weights(tiny_lm, prompts, tmp_path, capfd):
+def test_a_checkpoint_without_resume_state_loads_its_weights(tiny_lm, prompt_ids, tmp_path, capfd):
     trained = Learner(settings(tiny_lm))
-    trained.train_step(fixed_samples(prompts))
+    trained.train_step(fixed_samples(prompt_ids))
     trained.save(str(tmp_path / "v1"))
     shutil.rmtree(tmp_path / "v1" / "resume")
     fresh = Learner(settings(tiny_lm))

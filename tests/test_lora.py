@@ -11,7 +11,6 @@ from actors.sampler import Sampler, SamplerSettings, SamplingParams
 from actors.weights.pack import unpack_views
 from services.config import ConfigError, apply_override, parse_config
 from tests.test_generation_learner import PROMPT_TEXTS, assert_params_close, fixed_samples, params
-from tests.test_ppo_update import prompts  # noqa: F401  (fixture)
 
 LORA = {"rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj"]}
 
@@ -25,14 +24,14 @@ def exported(learner) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in unpack_views(packed)}
 
 
-def test_only_adapters_train_and_the_export_is_base_plus_delta(tiny_lm, prompts):
+def test_only_adapters_train_and_the_export_is_base_plus_delta(tiny_lm, prompt_ids):
     base, _ = load_causal_lm(tiny_lm)
     want = params(base)
     learner = Learner(settings(tiny_lm))
     assert {n for n, p in learner.model.named_parameters() if p.requires_grad} == \
         {n for n, _ in learner.model.named_parameters() if ".lora_" in n}
     assert_params_close(exported(learner), want, atol=0)          # B = 0: the base model
-    learner.train_step(fixed_samples(prompts))
+    learner.train_step(fixed_samples(prompt_ids))
     got = exported(learner)
     assert got.keys() == want.keys()                               # the base model's names
     mine = dict(learner.model.named_parameters())
@@ -50,11 +49,11 @@ def test_only_adapters_train_and_the_export_is_base_plus_delta(tiny_lm, prompts)
     assert moved == 4                                              # q and v of both layers
 
 
-def test_the_sampler_runs_the_merged_policy(tiny_lm, prompts):
+def test_the_sampler_runs_the_merged_policy(tiny_lm, prompt_ids):
     """A sampler (no PEFT) loads the merged export; its log-probs are the adapter model's."""
     learner = Learner(settings(tiny_lm))
-    learner.train_step(fixed_samples(prompts))
-    learner.train_step(fixed_samples(prompts))
+    learner.train_step(fixed_samples(prompt_ids))
+    learner.train_step(fixed_samples(prompt_ids))
     sampler = Sampler(SamplerSettings(model=tiny_lm, threads=1))
     _, packed = learner.export_weights()
     assert sampler.load_weights(packed) == 2
@@ -68,8 +67,8 @@ def test_the_sampler_runs_the_merged_policy(tiny_lm, prompts):
     assert gap > 1e-3
 
 
-def test_checkpoint_holds_the_adapters_and_resumes(tiny_lm, prompts, tmp_path):
-    samples = fixed_samples(prompts)
+def test_checkpoint_holds_the_adapters_and_resumes(tiny_lm, prompt_ids, tmp_path):
+    samples = fixed_samples(prompt_ids)
     original = Learner(settings(tiny_lm))
     original.train_step(samples)
     original.save(str(tmp_path / "ckpt"))

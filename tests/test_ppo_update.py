@@ -12,7 +12,7 @@ from actors.grpo import ppo_clip_loss, token_mean
 from actors.learner import Learner, LearnerSettings, Sample, completion_logprobs
 from actors.ppo_update import ratio_stats, split_groups
 from services.config import ConfigError, parse_config
-from tests.test_generation_learner import PROMPT_TEXTS, fixed_samples
+from tests.test_generation_learner import fixed_samples
 
 # one token each: ρ = 1.5, 1.1 with A = +1; ρ = 0.5, 0.9, 2.5, 4.0 with A = −1
 RATIOS = [1.5, 1.1, 0.5, 0.9, 2.5, 4.0]
@@ -53,14 +53,6 @@ def test_mini_batches_are_runs_of_whole_groups():
     assert split_groups(groups, 9) == [[0, 1], [2, 3, 4], [5], [6, 7]]    # no more runs than groups
 
 
-@pytest.fixture(scope="module")
-def prompts(tiny_lm):
-    from actors.model_loading import load_causal_lm
-    _, tok = load_causal_lm(tiny_lm)
-    return [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                    tokenize=True, return_dict=False) for p in PROMPT_TEXTS]
-
-
 def settings(path, **kw) -> LearnerSettings:
     return LearnerSettings(**{"model": path, "lr": 1e-2, "threads": 1, "grad_clip": 1e9, **kw})
 
@@ -87,10 +79,10 @@ def old_logprobs(tiny_lm, samples) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("clip", [0.2, 0.001])
-def test_second_epoch_steps_on_the_clipped_loss_of_the_moved_policy(tiny_lm, prompts, clip):
+def test_second_epoch_steps_on_the_clipped_loss_of_the_moved_policy(tiny_lm, prompt_ids, clip):
     """ppo_epochs = 2: the first step is the plain one (ρ = 1); the second sees ρ ≠ 1, and its
     gradient is that of the PPO loss on the moved policy against the rollout's π_old."""
-    samples = fixed_samples(prompts)
+    samples = fixed_samples(prompt_ids)
     old = old_logprobs(tiny_lm, samples)
     learner = Learner(settings(tiny_lm, ppo_epochs=2, clip_low=clip, clip_high=clip))
     stats = learner.train_step(samples)
@@ -107,10 +99,10 @@ def test_second_epoch_steps_on_the_clipped_loss_of_the_moved_policy(tiny_lm, pro
         assert stats["clip_fraction"] > 0.1
 
 
-def test_mini_batches_step_one_after_another_against_one_old_policy(tiny_lm, prompts):
+def test_mini_batches_step_one_after_another_against_one_old_policy(tiny_lm, prompt_ids):
     """mini_batches = 2 (the two prompt groups): the second mini-batch's step is taken after the
     first's, its ratio against the log-probs from before the first, normalised by its own tokens."""
-    samples = fixed_samples(prompts)
+    samples = fixed_samples(prompt_ids)
     first, second = samples[:3], samples[3:]
     old = old_logprobs(tiny_lm, second)
     learner = Learner(settings(tiny_lm, mini_batches=2))
@@ -122,11 +114,11 @@ def test_mini_batches_step_one_after_another_against_one_old_policy(tiny_lm, pro
     assert stats["approx_kl"] == pytest.approx(ratios["approx_kl"] / 2, rel=1e-4) and stats["approx_kl"] > 0
 
 
-def test_sampler_old_logprobs_clip_from_the_first_step(tiny_lm, prompts):
+def test_sampler_old_logprobs_clip_from_the_first_step(tiny_lm, prompt_ids):
     """old_logprobs: sampler, the sampler gave every token e^−0.5 of the learner's probability: ρ =
     e^0.5 ≈ 1.65 on every token of the first (and only) step; with A > 0 that is above 1 + 0.28 and
     clipped (9 of the 16 tokens), with A < 0 the unclipped term is the larger loss."""
-    samples = fixed_samples(prompts)
+    samples = fixed_samples(prompt_ids)
     old = old_logprobs(tiny_lm, samples)
     shifted = [Sample(s.prompt_ids, s.token_ids, s.advantage, [v - 0.5 for v in old[i, :len(s.token_ids)].tolist()])
                for i, s in enumerate(samples)]
@@ -138,8 +130,8 @@ def test_sampler_old_logprobs_clip_from_the_first_step(tiny_lm, prompts):
         Learner(settings(tiny_lm, old_logprobs="sampler")).train_step(samples)
 
 
-def test_default_is_one_on_policy_step(tiny_lm, prompts):
-    stats = Learner(settings(tiny_lm)).train_step(fixed_samples(prompts))
+def test_default_is_one_on_policy_step(tiny_lm, prompt_ids):
+    stats = Learner(settings(tiny_lm)).train_step(fixed_samples(prompt_ids))
     assert stats["updates"] == 1
     assert stats["ratio_max"] == stats["ratio_min"] == 1.0
     assert stats["approx_kl"] == 0.0 and stats["clip_fraction"] == 0.0
