@@ -66,7 +66,10 @@ def assert_weights_match(ranks, want: dict, atol: float) -> None:
     # PPO: 2 epochs × 2 mini-batches (groups p0+p1, then p2 alone: one rank has nothing, so FSDP
     # runs placeholders in the π_old pass and in every step); every rank takes 4 steps
     ("replicated", {"ppo_epochs": 2, "mini_batches": 2}), ("zero1", {"ppo_epochs": 2, "mini_batches": 2}),
-    ("fsdp", {"ppo_epochs": 2, "mini_batches": 2, "clip_low": 0.001, "clip_high": 0.001})])
+    ("fsdp", {"ppo_epochs": 2, "mini_batches": 2, "clip_low": 0.001, "clip_high": 0.001}),
+    # LoRA: only the adapters have gradients; the export gathers and merges them
+    ("replicated", {"lora": {"rank": 4, "target_modules": ["q_proj", "v_proj"]}}),
+    ("fsdp", {"lora": {"rank": 4}})])
 def test_two_ranks_take_the_single_process_step(tiny_lm, prompts, ray_local, layout, extra):
     samples = batch(prompts)
     single = Learner(settings(tiny_lm, **extra))
@@ -83,7 +86,7 @@ def test_two_ranks_take_the_single_process_step(tiny_lm, prompts, ray_local, lay
     def whole_grads(learner) -> dict[str, torch.Tensor]:
         """Each parameter's whole gradient (sharded ones gathered: every rank at once)."""
         from actors.data_parallel import gathered
-        return {k: gathered(p.grad).clone() for k, p in learner.model.named_parameters()}
+        return {k: gathered(p.grad).clone() for k, p in learner.model.named_parameters() if p.grad is not None}
 
     # every rank holds the whole batch's (clipped) gradient, summed across ranks (or its shard of it) …
     want_grads = whole_grads(single)

@@ -106,6 +106,8 @@ def test_srt_run_and_resume_on_a_uri_run_dir(tmp_path, tiny_lm):
     remote = tmp_path / "bucket" / "runs" / "srt-uri"
     assert (remote / "checkpoints" / "latest").read_text() == "step_000002"
     assert (remote / "checkpoints" / "step_000002" / "learner" / "model.safetensors").is_file()
+    # the actor wrote its resume state to the URI; the finished run deleted it there
+    assert not list((remote / "checkpoints").glob("step_*/learner/resume"))
     assert sorted({r["step"] for r in pq.read_table(remote / "metrics.parquet").to_pylist()}) == [0, 1, 2]
     second = run("resume", uri, cache=tmp_path / "driver-2")
     assert second.returncode == 0, second.stderr[-3000:]
