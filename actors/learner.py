@@ -15,6 +15,9 @@ batch's prompt groups over the ranks by tokens, every rank runs its share with t
 and sequence counts in the aggregation, the gradients are summed across ranks, and every rank
 takes the same optimizer step — so the update equals the single-process one (tested). How the
 ranks hold the model (replicated, ZeRO-1, fully sharded) is in ``actors/data_parallel.py``.
+
+Checkpoints (what resume needs, the optimizer state apart) are in ``actors/learner_checkpoint.py``;
+LoRA (``learner.lora``: adapters train, the samplers get them merged) in ``actors/lora.py``.
 """
 from __future__ import annotations
 
