@@ -1,12 +1,13 @@
-"""Learner actor: one GRPO policy update per batch of sampled completions (torch, fp32 master weights).
+"""Learner actor: GRPO/PPO policy updates on batches of sampled completions (torch, fp32 master weights).
 
 A batch is a list of samples, each (prompt ids, completion ids, advantage), a prompt's samples
 next to each other. Each prompt is run once and its samples on top of its KV cache (see
 ``completion_logprobs``). Micro-batches are whole prompt groups cut by a token budget and their
 gradients accumulated; aggregation is exact across micro-batches.
 
-One optimizer step per batch, so π_old is the current policy (ratio 1, gradient −A∇logπ unless
-clipped); the sampler's log-probs are compared against the learner's as a check of the sync.
+By default one optimizer step per batch, so π_old is the current policy (ratio 1, gradient −A∇logπ);
+``ppo_epochs`` × ``mini_batches`` steps per batch, where the clip acts, are in ``actors/ppo_update.py``.
+The sampler's log-probs are compared against the learner's as a check of the sync.
 
 Data parallel (``world_size`` > 1): one Learner actor per GPU (or CPU process), joined in a
 torch.distributed group (NCCL on GPUs, gloo on CPUs). Rank 0 is the role's face: it splits the
@@ -14,112 +15,24 @@ batch's prompt groups over the ranks by tokens, every rank runs its share with t
 and sequence counts in the aggregation, the gradients are summed across ranks, and every rank
 takes the same optimizer step — so the update equals the single-process one (tested). How the
 ranks hold the model (replicated, ZeRO-1, fully sharded) is in ``actors/data_parallel.py``.
+
+Checkpoints (what resume needs, the optimizer state apart) are in ``actors/learner_checkpoint.py``;
+LoRA (``learner.lora``: adapters train, the samplers get them merged) in ``actors/lora.py``.
 """
 from __future__ import annotations
 
-import json
 import os
-import random
 import sys
-from contextlib import nullcontext
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from actors import data_parallel, grpo
-from actors.generation import cache_kwarg, left_pad, output_cache, right_pad
+from actors import data_parallel
+from actors.learner_checkpoint import Checkpoints
+from actors.logprobs import (Sample, completion_logprobs, completion_targets, prompt_groups,  # noqa: F401
+                             sequence_logprobs, token_logprobs)
 from actors.learner_settings import LearnerSettings
+from actors.ppo_update import PolicyUpdate
 from actors.weights.pack import pack_state
-
-
-@dataclass
-class Sample:
-    prompt_ids: list[int]
-    token_ids: list[int]
-    advantage: float
-    sampler_logprobs: list[float] | None = None
-    image: bytes | None = None        # a vision-language prompt's image (its ids hold the placeholder)
-
-    @property
-    def prompt_key(self) -> tuple:
-        """Samples of one prompt share this; an image's placeholder ids alone do not tell images apart."""
-        return (tuple(self.prompt_ids), self.image)
-
-
-def prompt_groups(samples: list[Sample]) -> list[list[int]]:
-    """Indices of each run of consecutive samples of one prompt (a batch keeps a prompt's samples
-    together)."""
-    groups: list[list[int]] = []
-    for i, smp in enumerate(samples):
-        if groups and samples[groups[-1][0]].prompt_key == smp.prompt_key:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return groups
-
-
-def completion_logprobs(model, samples: list[Sample], pad_id: int, device: str = "cpu", vision=None,
-                        whole_sequences: bool = False):
-    """Log-probs of each completion token [S, T] and the completion mask [S, T].
-
-    Each distinct prompt is run once (with gradients); its KV cache is indexed out to its
-    samples, which are then run on top of it. The gradient through the shared prompt is the
-    sum over its samples, exactly as if each sample had been run in full. Image prompts get
-    their pixel inputs from ``vision`` (``actors.vision.VisionInputs``) in the prompt forward.
-    ``whole_sequences`` runs each sample in full instead (``sequence_logprobs``): a model training
-    with gradient checkpointing keeps no KV cache (Hugging Face turns it off).
-    """
-    if vision is None and any(s.image is not None for s in samples):
-        raise ValueError("samples with images need a vision-language model")
-    if whole_sequences:
-        return sequence_logprobs(model, samples, pad_id, device, vision)
-    groups = prompt_groups(samples)
-    prompts = [samples[g[0]] for g in groups]
-    rows = torch.tensor([row for row, g in enumerate(groups) for _ in g], device=device)
-    prompt, prompt_mask = (t.to(device) for t in left_pad([p.prompt_ids for p in prompts], pad_id))
-    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-    images = [p.image for p in prompts if p.image is not None]
-    out = model(input_ids=prompt, attention_mask=prompt_mask, position_ids=positions,
-                use_cache=True, logits_to_keep=1, **(vision.pixel_inputs(images, device) if images else {}))
-    first_logits = out.logits[:, -1][rows]                       # predicts completion token 0
-    comp, comp_mask = completion_targets(samples, pad_id, device)
-    cache = output_cache(out)
-    cache.batch_select_indices(rows)
-    # the last token's logits are not needed, but feeding it keeps two forwards per call even for
-    # one-token completions: sharded ranks (FSDP) must run the same number of forwards
-    mask = torch.cat([prompt_mask[rows], comp_mask], 1)
-    pos = positions[rows, -1:] + 1 + torch.arange(comp.shape[1], device=device)
-    rest = model(input_ids=comp, attention_mask=mask, position_ids=pos, use_cache=True,
-                 **{cache_kwarg(model): cache}).logits[:, :-1]
-    return token_logprobs(torch.cat([first_logits[:, None], rest], 1), comp), comp_mask.float()
-
-
-def sequence_logprobs(model, samples: list[Sample], pad_id: int, device: str = "cpu", vision=None):
-    """``completion_logprobs`` with one forward over each whole sample (prompt + completion,
-    right-padded, so positions count from 0): completion token j of sample i is predicted at
-    position len(prompt_i) − 1 + j."""
-    ids, attention = right_pad([s.prompt_ids + s.token_ids for s in samples], pad_id)
-    width = ids.shape[1]
-    images = [s.image for s in samples if s.image is not None]
-    logits = model(input_ids=ids.to(device), attention_mask=attention.to(device), use_cache=False,
-                   **(vision.pixel_inputs(images, device) if images else {})).logits
-    comp, comp_mask = completion_targets(samples, pad_id, device)
-    at = torch.tensor([[min(len(s.prompt_ids) - 1 + j, width - 1) for j in range(comp.shape[1])]
-                       for s in samples], device=device)
-    picked = logits.gather(1, at[..., None].expand(-1, -1, logits.shape[-1]))
-    return token_logprobs(picked, comp), comp_mask.float()
-
-
-def completion_targets(samples: list[Sample], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The completions right-padded [S, T] and their mask."""
-    comp, comp_mask = right_pad([s.token_ids for s in samples], pad_id)
-    return comp.to(device), comp_mask.to(device)
-
-
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[target] per position, in fp32."""
-    return torch.log_softmax(logits.float(), -1).gather(-1, targets[..., None]).squeeze(-1)
 
 
 def freeze_below(model, trainable_layers: int) -> None:
@@ -138,7 +51,7 @@ def freeze_below(model, trainable_layers: int) -> None:
     model.model.norm.requires_grad_(True)
 
 
-class Learner:
+class Learner(PolicyUpdate, Checkpoints):
     def __init__(self, settings: LearnerSettings):
         from actors.model_loading import load_policy
         torch.set_num_threads(settings.threads or os.cpu_count() or 1)
@@ -148,6 +61,9 @@ class Learner:
         self.pad_id = tokenizer.pad_token_id
         if settings.trainable_layers is not None:
             freeze_below(self.model, settings.trainable_layers)
+        if settings.lora is not None:
+            from actors.lora import add_adapters
+            add_adapters(self.model, settings.lora)
         if settings.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
@@ -212,128 +128,19 @@ class Learner:
         return True
 
     def whole_parameters(self) -> list[tuple[str, torch.Tensor]]:
-        """(name, whole tensor) per parameter; sharded ones are all-gathered (a collective)."""
+        """(name, whole tensor) per parameter of the policy the samplers run; sharded ones are
+        all-gathered (a collective). With LoRA: the base model's parameters, adapters merged."""
+        if self.s.lora is not None:
+            from actors.lora import merged_parameters
+            return merged_parameters(self.model, data_parallel.gathered)
         return [(name, data_parallel.gathered(p)) for name, p in self.model.named_parameters()]
 
-    def checkpoint_state(self) -> tuple[dict, dict | None]:
-        """(model state, optimizer state) whole, laid out as one process has them (a collective
-        when sharded; the optimizer state is rank 0's only under ZeRO-1)."""
-        model = {k: data_parallel.gathered(v) for k, v in self.model.state_dict().items()}
-        if self.s.shard_optimizer and self.world_size > 1:
-            self.opt.consolidate_state_dict(to=0)
-            return model, self.opt.state_dict() if self.rank == 0 else None
-        return model, data_parallel.gathered_state(self.opt.state_dict())
-
-    def shards(self, samples: list[Sample]) -> list[list[int]]:
-        """Sample indices per rank: whole prompt groups, each to the rank with the fewest tokens."""
-        load, out = [0] * self.world_size, [[] for _ in range(self.world_size)]
-        size = lambda g: sum(len(samples[i].prompt_ids) + len(samples[i].token_ids) for i in g)
-        for g in sorted(prompt_groups(samples), key=size, reverse=True):
-            r = load.index(min(load))
-            out[r] += g
-            load[r] += size(g)
-        return [sorted(x) for x in out]
-
-    # --- the update -------------------------------------------------------------------------------
-
-    def micro_batches(self, samples: list[Sample]) -> list[list[Sample]]:
-        """Chunks of whole prompt groups (consecutive samples with the same prompt) whose padded
-        size stays within the token budget; a group larger than the budget is a chunk of its own."""
-        batches, current = [], []
-        for group in ([samples[i] for i in g] for g in prompt_groups(samples)):
-            trial = current + group
-            width = max(len(s.prompt_ids) + len(s.token_ids) for s in trial)
-            if current and width * len(trial) > self.s.micro_batch_tokens:
-                batches.append(current)
-                trial = group
-            current = trial
-        return batches + ([current] if current else [])
-
-    def train_step(self, samples: list[Sample]) -> dict[str, float]:
-        """One optimizer step on ``samples``; returns the step's metrics.
-
-        With ``tis_cap`` (asynchronous rollouts: samples drawn by an older policy μ) each token's
-        loss is weighted by w = min(π_θ(a)/μ(a), cap), detached — truncated importance sampling —
-        and ``is_weights`` (each sample's mean w, in input order) comes back with the metrics.
-        Data parallel, rank 0 hands each rank its share and sums their metrics."""
-        if not samples:
-            return {}
-        totals = (float(sum(len(s.token_ids) for s in samples)), float(len(samples)))
-        if self.world_size == 1:
-            return self.train_shard(samples, totals)
-        import ray
-        shards = self.shards(samples)
-        work = [[samples[i] for i in shard] for shard in shards]
-        # sharded weights: every rank runs as many micro-batches as the busiest one (see data_parallel)
-        steps = max(len(self.micro_batches(w)) for w in work) if self.s.shard_weights else 0
-        calls = [peer.train_shard.remote(w, totals, steps) for peer, w in zip(self.peers, work[1:])]
-        parts = [self.train_shard(work[0], totals, steps)] + ray.get(calls)
-        stats = {k: sum(p.get(k, 0.0) for p in parts) for k in ("loss", "kl", "sampler_logprob_gap")}
-        stats.update(grad_norm=parts[0]["grad_norm"], tokens=totals[0], sequences=totals[1])
-        if any("is_weights" in p for p in parts):
-            weights = [0.0] * len(samples)
-            for shard, part in zip(shards, parts):
-                for i, w in zip(shard, part.get("is_weights", [])):
-                    weights[i] = w
-            stats["is_weights"] = weights
-        return stats
-
-    def train_shard(self, samples: list[Sample], totals: tuple[float, float], micro_steps: int = 0) -> dict:
-        """This rank's share of a step: losses over ``samples`` aggregated with the whole batch's
-        (tokens, sequences), gradients summed across ranks, one optimizer step. Fewer than
-        ``micro_steps`` micro-batches are topped up with placeholders whose loss is zero."""
-        total_tokens, total_seqs = totals
-        aggregate = grpo.AGGREGATIONS[self.s.aggregation]
-        policy_loss = grpo.POLICY_LOSSES[self.s.policy_loss]
-        stats = {"loss": 0.0, "kl": 0.0, "sampler_logprob_gap": 0.0}
-        is_weights: dict[int, float] = {}
-        self.opt.zero_grad(set_to_none=True)
-        autocast = torch.autocast("cpu" if self.s.device == "cpu" else "cuda", dtype=torch.bfloat16) \
-            if self.s.autocast == "bf16" else nullcontext()
-        batches = self.micro_batches(samples)
-        placeholder = [Sample([self.pad_id], [self.pad_id], 0.0)]
-        batches += [placeholder] * (micro_steps - len(batches))
-        for mb in batches:
-            with autocast:
-                logp, mask = completion_logprobs(self.model, mb, self.pad_id, self.s.device, self.vision,
-                                                 whole_sequences=self.s.gradient_checkpointing)
-            if mb is placeholder:
-                mask = torch.zeros_like(mask)
-            adv = torch.tensor([s.advantage for s in mb], dtype=torch.float32, device=logp.device)
-            per_token = policy_loss(logp, logp.detach(), adv, clip_low=self.s.clip_low,
-                                    clip_high=self.s.clip_high)
-            behaviour = None
-            if mb[0].sampler_logprobs is not None:
-                behaviour = torch.zeros_like(logp)
-                for i, s in enumerate(mb):
-                    behaviour[i, :len(s.sampler_logprobs)] = torch.tensor(s.sampler_logprobs, device=logp.device)
-            if self.s.tis_cap and behaviour is not None:
-                w = torch.exp(logp.detach() - behaviour).clamp(max=self.s.tis_cap) * mask
-                per_token = per_token * w
-                for i, s in enumerate(mb):
-                    is_weights[id(s)] = float(w[i].sum() / mask[i].sum().clamp(min=1))
-            if self.ref is not None:
-                with torch.no_grad(), autocast:
-                    ref_logp, _ = completion_logprobs(self.ref, mb, self.pad_id, self.s.device, self.vision)
-                kl = grpo.KL_ESTIMATORS[self.s.kl_estimator](logp, ref_logp)
-                per_token = per_token + self.s.kl_coef * kl
-                stats["kl"] += float(aggregate(kl.detach(), mask, total_tokens, total_seqs))
-            loss = aggregate(per_token, mask, total_tokens, total_seqs)
-            loss.backward()
-            stats["loss"] += float(loss.detach())
-            if behaviour is not None:
-                stats["sampler_logprob_gap"] += float(aggregate((behaviour - logp.detach()).abs(), mask,
-                                                                total_tokens, total_seqs))
-        if self.world_size > 1 and not self.s.shard_weights:    # FSDP reduce-scatters in backward
-            data_parallel.sum_gradients(self.model)
-        stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip))
-        self.opt.step()
-        self.version += 1
-        stats["tokens"] = total_tokens
-        stats["sequences"] = total_seqs
-        if is_weights:
-            stats["is_weights"] = [is_weights[id(s)] for s in samples]
-        return stats
+    def exported_layout(self) -> list[tuple[str, torch.Tensor]]:
+        """(name, parameter) in ``whole_parameters``' order and names, without gathering anything."""
+        if self.s.lora is not None:
+            from actors.lora import export_layout
+            return export_layout(self.model.named_parameters())
+        return list(self.model.named_parameters())
 
     # --- weights out ------------------------------------------------------------------------------
 
@@ -344,7 +151,7 @@ class Learner:
         """What a broadcast sync sends, in order: (name, dtype, shape) per parameter (a sharded
         parameter's shape is the whole one)."""
         from actors.weights.layout import weight_spec
-        return weight_spec(self.model.named_parameters(), self._sync_dtype())
+        return weight_spec(self.exported_layout(), self._sync_dtype())
 
     def open_weight_group(self, address: tuple[str, int], world_size: int, bucket_mb: float) -> bool:
         """Rank 0 of the learner → samplers broadcast group (``actors/weights/broadcast.py``)."""
@@ -387,53 +194,3 @@ class Learner:
         packed = pack_state(self._with_peers("whole_parameters"), self.version, self._sync_dtype())
         ray = sys.modules.get("ray")      # imported by whoever started Ray; no Ray, no import
         return packed.nbytes, ([ray.put(packed)] if ray and ray.is_initialized() else packed)
-
-    # --- checkpoints ------------------------------------------------------------------------------
-
-    def save(self, directory: str) -> None:
-        """Write model, optimizer and RNG state into ``directory`` (the caller renames it into place;
-        a URI is written locally and uploaded)."""
-        from actors.storage import write_dir
-        model, optimizer = self._with_peers("checkpoint_state")
-        write_dir(directory, lambda path: self._write_files(path, model, optimizer))
-
-    def _write_files(self, path: Path, model: dict, optimizer: dict) -> None:
-        from safetensors.torch import save_file
-        path.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous() for k, v in model.items()
-                   if k != "lm_head.weight" or not self.model.config.tie_word_embeddings},
-                  str(path / "model.safetensors"))
-        torch.save({"optimizer": optimizer, "torch_rng": torch.get_rng_state(),
-                    "python_rng": random.getstate()}, path / "trainer_state.pt")
-        (path / "learner.json").write_text(json.dumps({"version": self.version}))
-
-    def load(self, directory: str) -> int:
-        """Every rank loads the same checkpoint (rank 0 tells its peers to)."""
-        from actors.storage import read_dir
-        calls = [peer.load.remote(directory) for peer in self.peers]
-        with read_dir(directory) as path:
-            version = self._load_files(path)
-        if calls:
-            import ray
-            ray.get(calls)
-        return version
-
-    def _load_files(self, path: Path) -> int:
-        from safetensors.torch import load_file
-        current = self.model.state_dict()
-        whole = load_file(str(path / "model.safetensors"))
-        missing, unexpected = self.model.load_state_dict(
-            {k: data_parallel.sharded_like(v, current.get(k)) for k, v in whole.items()}, strict=False)
-        if unexpected or [m for m in missing if m != "lm_head.weight"]:
-            raise ValueError(f"checkpoint {path} does not match the model: missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]}")
-        state = torch.load(path / "trainer_state.pt", weights_only=False)
-        optimizer = state["optimizer"]
-        if self.s.shard_weights and self.world_size > 1:
-            optimizer = data_parallel.shard_optimizer_state(
-                optimizer, [p for group in self.opt.param_groups for p in group["params"]])
-        self.opt.load_state_dict(optimizer)
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["python_rng"])
-        self.version = json.loads((path / "learner.json").read_text())["version"]
-        return self.version

@@ -1,9 +1,20 @@
 """What a Learner is built with, light enough for config parsing (no torch at import)."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class LoraSettings(BaseModel):
+    """Low-rank adapters (PEFT's LoRA): W + (alpha/rank)·B·A on the target linear layers; only A
+    and B train, the samplers get the merged W."""
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    target_modules: Union[Literal["all-linear"], list[str]] = Field(
+        "all-linear", description="module names (e.g. [q_proj, v_proj]) or every linear layer but the output")
+    dropout: float = Field(0.0, ge=0, lt=1)
 
 
 class UpdateRule(BaseModel):
@@ -21,6 +32,12 @@ class UpdateRule(BaseModel):
     aggregation: str = "token-mean"
     kl_coef: float = Field(0.0, ge=0)
     kl_estimator: str = "low_var_kl"
+    ppo_epochs: int = Field(1, ge=1, description="passes over each rollout batch")
+    mini_batches: int = Field(1, ge=1, description="optimizer steps per pass: the rollout batch cut "
+                              "into this many runs of whole prompt groups")
+    old_logprobs: Literal["recompute", "sampler"] = Field(
+        "recompute", description="π_old of the PPO ratio: the learner's log-probs before the "
+        "rollout's first step, or the sampler's")
     micro_batch_tokens: int = Field(4096, ge=1)
     autocast: Literal["none", "bf16"] = "none"
     tis_cap: Optional[float] = Field(None, gt=1, description="truncated importance sampling cap for "
@@ -31,6 +48,7 @@ class UpdateRule(BaseModel):
                                   "the optimizer state of its share of the parameters")
     shard_weights: bool = Field(False, description="learner.workers > 1: FSDP2, each rank keeps 1/N "
                                 "of every parameter, its gradient and its optimizer state")
+    lora: Optional[LoraSettings] = Field(None, description="train low-rank adapters instead of the weights")
 
     @model_validator(mode="after")
     def _one_sharding(self) -> "UpdateRule":
@@ -57,6 +75,12 @@ class LearnerSettings(UpdateRule):
     sync_dtype: Optional[str] = None     # cast weights for the samplers (e.g. bfloat16 for vLLM)
     seed: int = 0
     trainable_layers: Optional[int] = None   # train only the top N decoder layers (+ final norm)
+
+    @model_validator(mode="after")
+    def _adapters_or_layers(self) -> "LearnerSettings":
+        if self.lora is not None and self.trainable_layers is not None:
+            raise ValueError("learner.lora trains adapters only; drop trainable_layers")
+        return self
 
     def __init__(self, model: str | None = None, /, **fields):
         super().__init__(**fields, **({"model": model} if model is not None else {}))

@@ -10,6 +10,10 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+# The folder of a checkpoint part that only continuing the run reads (optimizer and RNG state): the
+# run directory keeps it in the latest checkpoint alone.
+RESUME_DIR = "resume"
+
 
 def is_uri(location: str | os.PathLike) -> bool:
     return "://" in str(location)

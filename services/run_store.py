@@ -17,7 +17,7 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from actors.storage import shared_mode
+from actors.storage import RESUME_DIR, shared_mode
 
 METRICS_SCHEMA = pa.schema([("step", pa.int64()), ("name", pa.string()), ("value", pa.float64()),
                             ("time", pa.timestamp("us", tz="UTC"))])
@@ -152,7 +152,8 @@ class RunStore:
     def save_checkpoint(self, step: int, write: Callable[[Path], None], keep: int,
                         protect: tuple[str, ...] = ()) -> Path:
         """``write(tmp_dir)`` fills a temporary directory, renamed to ``step_N`` when complete;
-        then the ``latest`` pointer moves and older checkpoints beyond ``keep`` are deleted."""
+        then the ``latest`` pointer moves, the older checkpoints lose their resume state (only
+        the latest one is resumed from) and those beyond ``keep`` are deleted."""
         final = self.checkpoint_dir(step)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         shared_mode(tmp, directory=True)
@@ -164,12 +165,31 @@ class RunStore:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         atomic_write_text(self.root / "checkpoints" / "latest", final.name)
-        done = sorted(p for p in final.parent.glob("step_*") if p.is_dir())
-        for old in done[:-keep]:
-            if old.name not in protect:
-                shutil.rmtree(old, ignore_errors=True)
+        for old in self.checkpoints():
+            if old != final:
+                self.drop_resume_state(old)
+        self.prune(keep, protect)
         self.sync()
         return final
+
+    def checkpoints(self) -> list[Path]:
+        """The finished checkpoints, oldest first."""
+        return sorted(p for p in (self.root / "checkpoints").glob("step_*") if p.is_dir())
+
+    def prune(self, keep: int, protect: tuple[str, ...] = ()) -> None:
+        """Delete the checkpoints older than the newest ``keep``, except those named in ``protect``."""
+        for old in self.checkpoints()[:-keep]:
+            if old.name not in protect:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def drop_resume_state(self, checkpoint: Path) -> None:
+        """Delete each part's ``resume/`` folder (optimizer and RNG state) from ``checkpoint``: its
+        weights stay. Done to every checkpoint but the latest, and to the latest when its run has
+        nothing left to do."""
+        if self.remote:
+            self.remote.delete_in_parts(f"checkpoints/{checkpoint.name}", RESUME_DIR)
+        for part in checkpoint.glob(f"*/{RESUME_DIR}"):
+            shutil.rmtree(part, ignore_errors=True)
 
     def latest_checkpoint(self) -> Path | None:
         pointer = self.root / "checkpoints" / "latest"
@@ -178,8 +198,13 @@ class RunStore:
         path = self.root / "checkpoints" / pointer.read_text().strip()
         return path if path.is_dir() else None
 
-    def mark_best(self, step: int) -> None:
+    def mark_best(self, step: int, keep: int | None = None) -> None:
+        """Point ``best`` at step ``step``; with ``keep``, the step it pointed at before is deleted
+        unless it is among the newest ``keep``."""
         atomic_write_text(self.root / "checkpoints" / "best", self.checkpoint_dir(step).name)
+        if keep is not None:
+            self.prune(keep, protect=(self.checkpoint_dir(step).name,))
+            self.sync()
 
     def best_checkpoint(self) -> Path | None:
         pointer = self.root / "checkpoints" / "best"

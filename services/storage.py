@@ -71,6 +71,17 @@ class RunMirror:
         return len(changed)
 
 
+    def delete_in_parts(self, checkpoint: str, folder: str) -> None:
+        """Delete ``folder`` inside each part directory of ``checkpoint`` (a path under the run)
+        at the URI, where actors wrote them."""
+        from pyarrow import fs
+        parts = self.filesystem.get_file_info(fs.FileSelector(f"{self.path}/{checkpoint}", allow_not_found=True))
+        for part in parts:
+            if part.type == fs.FileType.Directory and \
+                    self.filesystem.get_file_info(f"{part.path}/{folder}").type == fs.FileType.Directory:
+                self.filesystem.delete_dir(f"{part.path}/{folder}")
+
+
 def check_shared(run_dir: Path, nodes: list[dict], probe: Callable[[str, str], bool]) -> None:
     """Fail when a node of a multi-node cluster cannot see ``run_dir``. ``probe(node_id, marker)``
     answers whether a file the driver wrote is visible on that node."""

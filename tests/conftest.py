@@ -93,3 +93,14 @@ def require_docker() -> None:
 @pytest.fixture(scope="session")
 def docker_engine():
     require_docker()
+
+
+@pytest.fixture(scope="session")
+def prompt_ids(tiny_lm) -> list[list[int]]:
+    """Three chat prompts of different lengths as the tiny model's token ids (the PROMPT_TEXTS of
+    tests/test_generation_learner.py)."""
+    from actors.model_loading import load_causal_lm
+    _, tok = load_causal_lm(tiny_lm)
+    texts = ["what is one plus two ?", "hello", "is the cat big or small ? think then answer"]
+    return [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
+                                    tokenize=True, return_dict=False) for t in texts]

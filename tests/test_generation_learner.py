@@ -330,8 +330,8 @@ def test_save_load_roundtrip_continues_identically(tiny_lm, prompts, tmp_path):
     original = Learner(settings(tiny_lm))
     original.train_step(samples)
     original.save(str(tmp_path / "ckpt"))
-    assert {p.name for p in (tmp_path / "ckpt").iterdir()} >= {"model.safetensors", "trainer_state.pt",
-                                                                "learner.json"}
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} >= {"model.safetensors", "resume", "learner.json"}
+    assert (tmp_path / "ckpt" / "resume" / "trainer_state.pt").is_file()
 
     restored = Learner(settings(tiny_lm))
     assert restored.load(str(tmp_path / "ckpt")) == 1

@@ -198,3 +198,39 @@ def test_new_run_dir_never_reuses_a_name(tmp_path):
     b = new_run_dir(tmp_path, "srt")
     assert a != b and not b.exists()
     assert a.name.startswith("srt-") and b.name.startswith("srt-")
+
+
+def resumable_writer(content: str):
+    """A checkpoint part with weights and a ``resume/`` folder (optimizer state)."""
+    def write(tmp: Path) -> None:
+        writer(content)(tmp)
+        (tmp / "learner" / "resume").mkdir()
+        (tmp / "learner" / "resume" / "trainer_state.pt").write_text(content)
+    return write
+
+
+def test_only_the_latest_checkpoint_keeps_its_resume_state(tmp_path):
+    store = RunStore(tmp_path)
+    for step in range(3):
+        store.save_checkpoint(step, resumable_writer(str(step)), keep=3)
+    has_resume = [(store.checkpoint_dir(s) / "learner" / "resume").exists() for s in range(3)]
+    assert has_resume == [False, False, True]
+    assert all((store.checkpoint_dir(s) / "learner" / "model.bin").read_text() == str(s) for s in range(3))
+    store.drop_resume_state(store.latest_checkpoint())     # a finished run
+    assert not (store.checkpoint_dir(2) / "learner" / "resume").exists()
+    assert (store.checkpoint_dir(2) / "learner" / "model.bin").is_file()
+
+
+def test_best_moving_off_an_old_step_prunes_it(tmp_path):
+    """Step 0 is best while steps 1 and 2 are saved (protected beyond keep = 2); when step 2
+    becomes best, step 0 goes: it is neither best nor among the newest two."""
+    store = RunStore(tmp_path)
+    store.save_checkpoint(0, writer("0"), keep=2)
+    store.mark_best(0, keep=2)
+    for step in (1, 2):
+        store.save_checkpoint(step, writer(str(step)), keep=2, protect=(store.best_checkpoint().name,))
+    assert ckpt_names(store) == ["step_000000", "step_000001", "step_000002"]
+    store.mark_best(2, keep=2)
+    assert ckpt_names(store) == ["step_000001", "step_000002"]
+    store.mark_best(1, keep=1)                       # the best itself is never pruned
+    assert ckpt_names(store) == ["step_000001", "step_000002"]

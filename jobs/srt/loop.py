@@ -373,12 +373,16 @@ class SRTLoop:
                 break
         self.progress.stop()
         self.store.flush_metrics()
+        if self.state.step == cfg.train.steps and self.store.latest_checkpoint():
+            # every step is done: resuming has nothing left to run, so no optimizer state is kept
+            self.store.drop_resume_state(self.store.latest_checkpoint())
+            self.store.sync()
         self.store.event("run_finished", self.state.step, stopped=self.state.stopped)
 
     def keep_if_best(self, step: int) -> None:
         """Point ``checkpoints/best`` at this step's checkpoint if its evaluation is the best yet."""
         if self.early.best_step == step:
-            self.store.mark_best(step)
+            self.store.mark_best(step, keep=self.cfg.train.keep_checkpoints)
             self.store.event("best_checkpoint", step, value=self.early.best,
                              metric=getattr(self, "best_metric", self.cfg.early_stopping.metric))
 
