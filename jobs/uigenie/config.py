@@ -24,6 +24,9 @@ class DevicePoolConfig(Strict):
 class UIGenieTasksConfig(Strict):
     suite: Literal["simulated"] = "simulated"
     seed_levels: list[int] = Field([1, 2], description="levels whose seed tasks come with references")
+    seeds: Literal["suite", "generated"] = Field(
+        "suite", description="suite: seed tasks are a split of the suite; generated: the templates "
+        "with parameters the suite never uses (all of the suite is then exploration and held-out)")
     split_fractions: dict[str, float] = {"seed": 0.3, "explore": 0.4, "heldout": 0.3}
     n_seed: Optional[int] = Field(None, ge=1)
     n_explore: Optional[int] = Field(None, ge=1)

@@ -84,7 +84,7 @@ def run_uigenie(ctx: RunContext) -> None:
     import ray
 
     from actors.emulator.lease import run_with_device
-    from actors.emulator.simulated import reference_actions, setup, task_suite
+    from actors.emulator.simulated import reference_actions, seed_suite, setup, task_suite
     from jobs.uigenie.loop import UIGenieLoop
     from jobs.uigenie.rollout import DeviceRunner, EpisodeOps
     cfg, store, progress, placement = ctx.cfg, ctx.store, ctx.progress, ctx.placement
@@ -100,7 +100,8 @@ def run_uigenie(ctx: RunContext) -> None:
     runner = DeviceRunner(on_device, cfg.devices.size)
     actors.device_size = runner.map([lambda dev: tuple(dev.size)])[0]
     try:
-        UIGenieLoop(cfg, store, progress, ctx.export, actors, ops, runner, task_suite()).run(ctx.resume)
+        seeds = seed_suite(tuple(cfg.tasks.seed_levels)) if cfg.tasks.seeds == "generated" else None
+        UIGenieLoop(cfg, store, progress, ctx.export, actors, ops, runner, task_suite(), seeds).run(ctx.resume)
         progress.note(f"device pool: {ray.get(actors.pool.stats.remote())}")
     finally:
         ray.get(actors.pool.shutdown.remote())
