@@ -45,7 +45,8 @@ class UIGenieAgentConfig(Strict):
     max_new_tokens: int = Field(32, ge=4)
     lr: float = Field(1e-4, gt=0)
     sft_epochs: int = Field(3, ge=1, description="passes over each generation's SFT set")
-    sft_batch: int = Field(8, ge=1, description="examples per optimizer step")
+    sft_batch: int = Field(2, ge=1, description="examples per optimizer step; small, because the "
+                           "decisions (action kind, element) need many steps to be learned")
     grad_clip: float = Field(1.0, gt=0)
     trainable_layers: Optional[int] = Field(10, ge=1, description="SFT only the top N layers (None: all)")
     micro_batch_tokens: int = Field(8192, ge=1)

@@ -35,17 +35,23 @@ class UIGenieActors:
         replies = ray.get([self.sampler.encode_reply.remote(c) for _, c in todo])
         self._encoded.update({key: Sample(p, t, 1.0) for key, p, t in zip(todo, prompts, replies)})
         samples = [self._encoded[(r["prompt"], r["completion"])] for r in rows]
-        losses = []
-        for _ in range(epochs):
-            order = list(range(len(samples)))
-            rng.shuffle(order)
-            for i in range(0, len(order), batch):
-                stats = ray.get(self.learner.train_step.remote([samples[j] for j in order[i:i + batch]]))
-                losses.append(stats.get("loss", 0.0))
+        losses = sft_epochs(samples, epochs, batch, rng,
+                            lambda b: ray.get(self.learner.train_step.remote(b)))
         sync = self.sync() if samples else {}
         return {"agent/sft_loss_first": losses[0] if losses else 0.0,
                 "agent/sft_loss_last": losses[-1] if losses else 0.0,
                 "agent/sft_steps": float(len(losses)), **sync}
+
+
+def sft_epochs(samples: list[Sample], epochs: int, batch: int, rng: random.Random, train_step) -> list[float]:
+    """``epochs`` shuffled passes, one optimizer step per ``batch`` samples; the step losses."""
+    losses = []
+    for _ in range(epochs):
+        order = list(range(len(samples)))
+        rng.shuffle(order)
+        for i in range(0, len(order), batch):
+            losses.append(train_step([samples[j] for j in order[i:i + batch]]).get("loss", 0.0))
+    return losses
 
 
 def start_actors(cfg, placement) -> UIGenieActors:

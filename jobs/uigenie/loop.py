@@ -118,6 +118,11 @@ class UIGenieLoop:
             i += len(r.steps)
         return rows
 
+    def greedy_solved(self) -> set[str]:
+        """Exploration tasks the current agent solves greedily: what beam search must beat."""
+        done = run_episodes(self.splits["explore"], self.ops, self.runner, self.policy, self.cfg.tasks.max_steps)
+        return {r.task.id for r in done if r.success}
+
     def explore(self, generation: int) -> tuple[list[Rollout], list[Rollout]]:
         b = self.cfg.beam
         tasks = self.splits["explore"]
@@ -226,7 +231,11 @@ class UIGenieLoop:
 
     def generation(self, g: int, device_size) -> dict[str, float]:
         """Beam search on the exploration tasks → new agent and RM data → both retrained."""
+        greedy = self.greedy_solved()
         successes, failures = self.explore(g)
+        beam_only = [r.task.id for r in successes if r.task.id not in greedy]
+        self.progress.note(f"  beam search solved {len(successes)} exploration tasks, greedy decoding "
+                           f"{len(greedy)}; beam only: {', '.join(beam_only) or 'none'}")
         book = ScreenBook()
         texts: dict = {}
         for r in successes + failures:
@@ -239,6 +248,8 @@ class UIGenieLoop:
         new_agent = [row for r in successes for row in agent_rows(r, "explore", g)]
         values = self.train_agent(new_agent) | self.train_rm(new_rm) | self.save_data(g, new_agent, new_rm)
         values["explore/solved_rate"] = len(successes) / max(1, len(self.splits["explore"]))
+        values["explore/greedy_solved"] = float(len(greedy))
+        values["explore/beam_only_solved"] = float(len(beam_only))
         values["explore/trajectories"] = float(len(successes) + len(failures))
         return values
 
