@@ -136,3 +136,7 @@ def test_generated_seeds_keep_the_suite_for_exploration_and_held_out():
     rest = [t.id for k in ("explore", "heldout") for t in split[k]]
     assert sorted(rest) == sorted(f"t{i}" for i in range(1, 40))   # t0 is a seed: not held out
     assert split["explore"] and split["heldout"]
+    capped = split_tasks(parse_config({"job": "uigenie", "tasks": {"seeds": "generated", "n_seed": 1}}),
+                         suite, seeds)
+    assert [t.id for t in capped["seed"]] == ["t0"]
+    assert len(capped["explore"]) + len(capped["heldout"]) == 39

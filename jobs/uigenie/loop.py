@@ -47,9 +47,9 @@ def split_tasks(cfg, suite: list, seeds: Optional[list] = None) -> dict[str, lis
     for name in names:
         acc += t.split_fractions[name] / total
         bounds.append((acc, name))
-    out: dict[str, list] = {"seed": [s for s in seeds or [] if s.level in t.seed_levels],
-                            "explore": [], "heldout": []}
-    taken = {s.id for s in seeds or []}
+    chosen = [s for s in seeds or [] if s.level in t.seed_levels][:t.n_seed]
+    out: dict[str, list] = {"seed": chosen, "explore": [], "heldout": []}
+    taken = {s.id for s in chosen}
     for task in sorted(suite, key=lambda x: _unit_hash(x.id, cfg.loop.seed)):
         if task.id in taken:
             continue
