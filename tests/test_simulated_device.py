@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from actors.emulator.device import Device, DeviceCrashed, DeviceError
-from actors.emulator.simulated import TEMPLATES, SimulatedDevice, reference_actions, task_suite
+from actors.emulator.simulated import TEMPLATES, SimulatedDevice, reference_actions, seed_suite, task_suite
 from actors.emulator.uitree import compact_text, element_at, find, parse_hierarchy
 from actors.emulator.actions import Action, swipe_vector
 
@@ -297,6 +297,21 @@ def test_every_reference_solves_its_task(dev):
                 assert element_at(parse_hierarchy(xml), action.x, action.y).bounds == bounds
             else:
                 assert bounds is None
+
+
+def test_seed_tasks_are_solvable_simple_and_new():
+    """Generated seeds: every reference works, levels 1-2 only, every single-app template but the
+    level-3 one, and only the closed-parameter tasks (switches, theme, font size) are in the suite."""
+    seeds = seed_suite()
+    assert len(seeds) >= 60 and len({t.id for t in seeds}) == len(seeds)
+    assert {t.level for t in seeds} == {1, 2} and not seed_suite(levels=(3,))
+    assert set(TEMPLATES) - {t.template for t in seeds} == {"edit_phone", "combo"}
+    shared = {t.template for t in seeds if t.id in {s.id for s in task_suite()}}
+    assert shared == {"toggle_setting", "dark_theme", "font_size"}
+    for task in seeds:
+        dev = SimulatedDevice()
+        reference_actions(task, dev)
+        assert task.check(dev.state), task.id
 
 
 def test_tasks_pickle_with_the_standard_library():

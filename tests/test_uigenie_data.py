@@ -125,3 +125,18 @@ def test_split_is_stable_disjoint_and_seed_only_from_seed_levels():
     assert {t.level for t in a["heldout"]} == {1, 2, 3}
     capped = split_tasks(parse_config({"job": "uigenie", "tasks": {"n_heldout": 3}}), tasks)
     assert [t.id for t in capped["heldout"]] == [t.id for t in a["heldout"]][:3]
+
+
+def test_generated_seeds_keep_the_suite_for_exploration_and_held_out():
+    suite = [T(f"t{i}", f"goal {i}", level=1 + i % 3) for i in range(40)]
+    seeds = [T("t0", "goal 0", 1), T("s1", "new 1", 1), T("s2", "new 2", 2), T("s3", "new 3", 3)]
+    cfg = parse_config({"job": "uigenie", "tasks": {"seeds": "generated"}})
+    split = split_tasks(cfg, suite, seeds)
+    assert [t.id for t in split["seed"]] == ["t0", "s1", "s2"]     # level 3 is not a seed level
+    rest = [t.id for k in ("explore", "heldout") for t in split[k]]
+    assert sorted(rest) == sorted(f"t{i}" for i in range(1, 40))   # t0 is a seed: not held out
+    assert split["explore"] and split["heldout"]
+    capped = split_tasks(parse_config({"job": "uigenie", "tasks": {"seeds": "generated", "n_seed": 1}}),
+                         suite, seeds)
+    assert [t.id for t in capped["seed"]] == ["t0"]
+    assert len(capped["explore"]) + len(capped["heldout"]) == 39

@@ -24,6 +24,9 @@ class DevicePoolConfig(Strict):
 class UIGenieTasksConfig(Strict):
     suite: Literal["simulated"] = "simulated"
     seed_levels: list[int] = Field([1, 2], description="levels whose seed tasks come with references")
+    seeds: Literal["suite", "generated"] = Field(
+        "suite", description="suite: seed tasks are a split of the suite; generated: the templates "
+        "with parameters the suite never uses (all of the suite is then exploration and held-out)")
     split_fractions: dict[str, float] = {"seed": 0.3, "explore": 0.4, "heldout": 0.3}
     n_seed: Optional[int] = Field(None, ge=1)
     n_explore: Optional[int] = Field(None, ge=1)
@@ -42,7 +45,8 @@ class UIGenieAgentConfig(Strict):
     max_new_tokens: int = Field(32, ge=4)
     lr: float = Field(1e-4, gt=0)
     sft_epochs: int = Field(3, ge=1, description="passes over each generation's SFT set")
-    sft_batch: int = Field(8, ge=1, description="examples per optimizer step")
+    sft_batch: int = Field(2, ge=1, description="examples per optimizer step; small, because the "
+                           "decisions (action kind, element) need many steps to be learned")
     grad_clip: float = Field(1.0, gt=0)
     trainable_layers: Optional[int] = Field(10, ge=1, description="SFT only the top N layers (None: all)")
     micro_batch_tokens: int = Field(8192, ge=1)

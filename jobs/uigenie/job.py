@@ -35,17 +35,23 @@ class UIGenieActors:
         from actors.learner import Sample    # torch: not at import, so the CLI's checks stay fast
         self._encoded.update({key: Sample(p, t, 1.0) for key, p, t in zip(todo, prompts, replies)})
         samples = [self._encoded[(r["prompt"], r["completion"])] for r in rows]
-        losses = []
-        for _ in range(epochs):
-            order = list(range(len(samples)))
-            rng.shuffle(order)
-            for i in range(0, len(order), batch):
-                stats = ray.get(self.learner.train_step.remote([samples[j] for j in order[i:i + batch]]))
-                losses.append(stats.get("loss", 0.0))
+        losses = sft_epochs(samples, epochs, batch, rng,
+                            lambda b: ray.get(self.learner.train_step.remote(b)))
         sync = self.sync() if samples else {}
         return {"agent/sft_loss_first": losses[0] if losses else 0.0,
                 "agent/sft_loss_last": losses[-1] if losses else 0.0,
                 "agent/sft_steps": float(len(losses)), **sync}
+
+
+def sft_epochs(samples: list[Sample], epochs: int, batch: int, rng: random.Random, train_step) -> list[float]:
+    """``epochs`` shuffled passes, one optimizer step per ``batch`` samples; the step losses."""
+    losses = []
+    for _ in range(epochs):
+        order = list(range(len(samples)))
+        rng.shuffle(order)
+        for i in range(0, len(order), batch):
+            losses.append(train_step([samples[j] for j in order[i:i + batch]]).get("loss", 0.0))
+    return losses
 
 
 def start_actors(cfg, placement) -> UIGenieActors:
@@ -84,7 +90,7 @@ def run_uigenie(ctx: RunContext) -> None:
     import ray
 
     from actors.emulator.lease import run_with_device
-    from actors.emulator.simulated import reference_actions, setup, task_suite
+    from actors.emulator.simulated import reference_actions, seed_suite, setup, task_suite
     from jobs.uigenie.loop import UIGenieLoop
     from jobs.uigenie.rollout import DeviceRunner, EpisodeOps
     cfg, store, progress, placement = ctx.cfg, ctx.store, ctx.progress, ctx.placement
@@ -100,7 +106,8 @@ def run_uigenie(ctx: RunContext) -> None:
     runner = DeviceRunner(on_device, cfg.devices.size)
     actors.device_size = runner.map([lambda dev: tuple(dev.size)])[0]
     try:
-        UIGenieLoop(cfg, store, progress, ctx.export, actors, ops, runner, task_suite()).run(ctx.resume)
+        seeds = seed_suite(tuple(cfg.tasks.seed_levels)) if cfg.tasks.seeds == "generated" else None
+        UIGenieLoop(cfg, store, progress, ctx.export, actors, ops, runner, task_suite(), seeds).run(ctx.resume)
         progress.note(f"device pool: {ray.get(actors.pool.stats.remote())}")
     finally:
         ray.get(actors.pool.shutdown.remote())

@@ -20,6 +20,7 @@ import random
 import time
 from dataclasses import fields, replace
 from pathlib import Path
+from typing import Optional
 
 from actors.emulator.actions import Action
 from jobs.uigenie.data import (
@@ -34,19 +35,26 @@ EXTRA_ACTIONS = [Action("swipe", direction="up"), Action("system_button", text="
                  Action("wait", time=1.0), Action("swipe", direction="down")]
 
 
-def split_tasks(cfg, suite: list) -> dict[str, list]:
+def split_tasks(cfg, suite: list, seeds: Optional[list] = None) -> dict[str, list]:
     """seed / explore / heldout by a stable hash of the task id (same split on every machine and
-    on resume). Seed tasks outside ``seed_levels`` go to exploration: they have no references."""
+    on resume). Seed tasks outside ``seed_levels`` go to exploration: they have no references.
+    With ``seeds`` (tasks of their own, with references) those are the seed split, and the suite,
+    less any task among them, is split between exploration and held-out alone."""
     t = cfg.tasks
-    total = sum(t.split_fractions.values())
+    names = ("seed", "explore", "heldout") if seeds is None else ("explore", "heldout")
+    total = sum(t.split_fractions[n] for n in names)
     bounds, acc = [], 0.0
-    for name in ("seed", "explore", "heldout"):
+    for name in names:
         acc += t.split_fractions[name] / total
         bounds.append((acc, name))
-    out: dict[str, list] = {"seed": [], "explore": [], "heldout": []}
+    chosen = [s for s in seeds or [] if s.level in t.seed_levels][:t.n_seed]
+    out: dict[str, list] = {"seed": chosen, "explore": [], "heldout": []}
+    taken = {s.id for s in chosen}
     for task in sorted(suite, key=lambda x: _unit_hash(x.id, cfg.loop.seed)):
+        if task.id in taken:
+            continue
         u = _unit_hash(task.id, cfg.loop.seed + 1)
-        name = next(n for b, n in bounds if u <= b)
+        name = next((n for b, n in bounds if u <= b), names[-1])
         if name == "seed" and task.level not in t.seed_levels:
             name = "explore"
         out[name].append(task)
@@ -72,11 +80,12 @@ def child_input(r: Rollout):
 
 
 class UIGenieLoop:
-    def __init__(self, cfg, store, progress, export, actors, ops: EpisodeOps, runner, suite: list):
+    def __init__(self, cfg, store, progress, export, actors, ops: EpisodeOps, runner, suite: list,
+                 seeds: Optional[list] = None):
         self.cfg, self.store, self.progress, self.export = cfg, store, progress, export
         self.a = actors                         # .sampler, .learner, .rm, .pool, .sync(), .sft()
         self.ops, self.runner = ops, runner
-        self.splits = split_tasks(cfg, suite)
+        self.splits = split_tasks(cfg, suite, seeds)
         self.policy = Policy(remote_generate(actors.sampler), cfg.agent.max_new_tokens, cfg.loop.seed)
         self.rng = random.Random(cfg.loop.seed)
         self.data_dir = store.root / "datasets"
@@ -108,6 +117,11 @@ class UIGenieLoop:
             rows += verified_rows(r, mine, bounds, device_size, source)
             i += len(r.steps)
         return rows
+
+    def greedy_solved(self) -> set[str]:
+        """Exploration tasks the current agent solves greedily: what beam search must beat."""
+        done = run_episodes(self.splits["explore"], self.ops, self.runner, self.policy, self.cfg.tasks.max_steps)
+        return {r.task.id for r in done if r.success}
 
     def explore(self, generation: int) -> tuple[list[Rollout], list[Rollout]]:
         b = self.cfg.beam
@@ -217,7 +231,11 @@ class UIGenieLoop:
 
     def generation(self, g: int, device_size) -> dict[str, float]:
         """Beam search on the exploration tasks → new agent and RM data → both retrained."""
+        greedy = self.greedy_solved()
         successes, failures = self.explore(g)
+        beam_only = [r.task.id for r in successes if r.task.id not in greedy]
+        self.progress.note(f"  beam search solved {len(successes)} exploration tasks, greedy decoding "
+                           f"{len(greedy)}; beam only: {', '.join(beam_only) or 'none'}")
         book = ScreenBook()
         texts: dict = {}
         for r in successes + failures:
@@ -230,6 +248,8 @@ class UIGenieLoop:
         new_agent = [row for r in successes for row in agent_rows(r, "explore", g)]
         values = self.train_agent(new_agent) | self.train_rm(new_rm) | self.save_data(g, new_agent, new_rm)
         values["explore/solved_rate"] = len(successes) / max(1, len(self.splits["explore"]))
+        values["explore/greedy_solved"] = float(len(greedy))
+        values["explore/beam_only_solved"] = float(len(beam_only))
         values["explore/trajectories"] = float(len(successes) + len(failures))
         return values
 

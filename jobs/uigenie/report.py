@@ -72,7 +72,11 @@ def plot_generations(series: dict[str, dict[int, float]], path: Path) -> bool:
 
 
 def uigenie_markdown(series: dict[str, dict[int, float]], images: dict[str, bool]) -> str:
-    cols = [("gen/success_rate", "held-out success"), ("explore/solved_rate", "explore solved"),
+    levels = sorted(n for n in series if n.startswith("gen/success_rate_level"))
+    cols = [("gen/success_rate", "held-out success"),
+            *((n, f"level {n[len('gen/success_rate_level'):]}") for n in levels),
+            ("explore/solved_rate", "explore solved"),
+            ("explore/beam_only_solved", "beam-only solves"),
             ("rm/step_f1", "RM step F1"), ("rm/outcome_f1", "RM outcome F1"),
             ("data/agent_examples", "agent examples"), ("data/rm_examples", "RM examples"),
             ("data/hard_negatives", "hard negatives (new)"), ("time/gen_s", "seconds")]
@@ -87,7 +91,7 @@ def uigenie_markdown(series: dict[str, dict[int, float]], images: dict[str, bool
         cells = []
         for name, _ in cols:
             v = series.get(name, {}).get(g)
-            cells.append("—" if v is None else f"{v:.0f}" if name.startswith(("data/", "time/")) else f"{v:.3f}")
+            cells.append("—" if v is None else f"{v:.0f}" if name.startswith(("data/", "time/", "explore/beam")) else f"{v:.3f}")
         out.append(f"| {g} | " + " | ".join(cells) + " |")
     if images.get(GENERATIONS_PNG):
         out += ["", f"![generations]({GENERATIONS_PNG})"]

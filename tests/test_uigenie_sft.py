@@ -1,0 +1,65 @@
+"""The agent's SFT path: what the learner trains on is what the sampler reads and writes, and the
+default schedule gives enough optimizer steps to fit a small set (generation 0 left the agent's
+decisions unlearned at batch 8: 2 steps an epoch on 16 rows, first tokens 12/16, greedy 7/16)."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from actors.emulator.simulated import SimulatedDevice, reference_actions, seed_suite
+from actors.learner import Learner, LearnerSettings, Sample
+from actors.sampler import Sampler, SamplerSettings, SamplingParams
+from actors.weights.pack import pack_state
+from jobs.uigenie.config import UIGenieAgentConfig
+from jobs.uigenie.job import sft_epochs
+from jobs.uigenie.policy import REPLY_PREFIX, target_completion
+
+PROMPTS = ["what is one plus two", "what is two plus two", "the cat is big", "the dog is small",
+           "red or blue", "green or red", "up and down", "left or right"]
+ANSWERS = ["three", "four", "yes", "no", "red", "green", "up", "left"]
+
+
+def test_reply_prefix_and_completion_tokenise_apart_as_together():
+    """BPE merges never cross the prefix/completion boundary: the ids the learner trains on after
+    the prefix are the ids the sampler generates after it."""
+    from transformers import AutoTokenizer
+
+    from actors.model_loading import resolve_model
+    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
+    prefix = tok.encode(REPLY_PREFIX, add_special_tokens=False)
+    completions = {target_completion(a) for t in seed_suite()
+                   for *_, a, _ in reference_actions(t, SimulatedDevice())}
+    assert len(completions) > 50
+    for c in completions:
+        assert prefix + tok.encode(c, add_special_tokens=False) == tok.encode(REPLY_PREFIX + c,
+                                                                             add_special_tokens=False), c
+
+
+def test_default_sft_schedule_takes_several_steps_per_epoch_of_a_small_set():
+    """Decisions are learned last: SmolLM2 at batch 8 (2 steps an epoch on 16 rows, 10 in all)
+    fit the boilerplate (token accuracy 0.96) but not the first token (12/16); the default
+    batch gives four times the steps for the same compute."""
+    a = UIGenieAgentConfig()
+    steps = sft_epochs([Sample([1], [2], 1.0)] * 16, a.sft_epochs, a.sft_batch, random.Random(0),
+                       lambda batch: {"loss": float(len(batch))})
+    assert len(steps) >= 8 * a.sft_epochs and sum(steps) == 16 * a.sft_epochs
+
+
+def test_sft_rows_are_reproduced_by_the_sampler_after_the_prefix(tiny_lm):
+    """Eight rows through encode → encode_reply → sft_epochs on the learner → weights to the
+    sampler → greedy replies after the prefix: every reply is its target, EOS included."""
+    a = UIGenieAgentConfig()
+    sampler = Sampler(SamplerSettings(model=tiny_lm, threads=1, system_prompt="system"))
+    learner = Learner(LearnerSettings(model=tiny_lm, lr=1e-2, grad_clip=a.grad_clip,
+                                      policy_loss="vanilla_pg", aggregation="token-mean",
+                                      micro_batch_tokens=a.micro_batch_tokens, threads=1, seed=0,
+                                      trainable_layers=a.trainable_layers))
+    prefix = "ok so"
+    samples = [Sample(sampler.encode([{"role": "user", "content": p}], prefix),
+                      sampler.encode_reply(f"{w} done"), 1.0) for p, w in zip(PROMPTS, ANSWERS)]
+    losses = sft_epochs(samples, 15, 2, random.Random(0), learner.train_step)   # a random tiny model
+    assert losses[-1] < 0.2 < losses[0]
+    sampler.load_weights(pack_state(list(learner.model.named_parameters()), learner.version, None))
+    out = sampler.generate(PROMPTS, SamplingParams(n=1, temperature=0.0, max_new_tokens=4), prefix)
+    assert [(c.text, c.finished) for c in out] == [(f"{w} done", True) for w in ANSWERS]
