@@ -178,10 +178,15 @@ def kill_actor_when(cluster: Cluster, run_dir: Path, actor: str, event: str, min
 
 
 def test_sampler_killed_mid_step_costs_a_retry_not_the_run(cluster, tiny_lm, tmp_path):
+    # a step of the tiny model takes half a second, and the killer (another driver) needs seconds
+    # to connect and see a running generate: enough steps that the kill lands mid-run
+    STEPS = 150
     run_dir = tmp_path / "srt-kill"
     proc = cluster.evoray("submit", str(SMOKE), "--address", cluster.jobs_api, "--run-dir", str(run_dir),
-                          "--no-wait", *tiny_srt(tiny_lm, "--set", "train.steps=5", "--set", "eval.every=5",
-                                                 "--set", "sampling.n=8", "--set", "sampling.max_new_tokens=64"))
+                          "--no-wait", *tiny_srt(tiny_lm, "--set", f"train.steps={STEPS}", "--set",
+                                                 f"eval.every={STEPS}", "--set", "sampling.n=64",
+                                                 "--set", "train.prompts_per_step=8",
+                                                 "--set", "sampling.max_new_tokens=64"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     job_id = proc.stdout.strip().splitlines()[-1]
     killer = kill_actor_when(cluster, run_dir, "sampler-0", "checkpoint", min_step=1, task="Sampler.generate")
@@ -190,7 +195,7 @@ def test_sampler_killed_mid_step_costs_a_retry_not_the_run(cluster, tiny_lm, tmp
     assert followed.returncode == 0, followed.stdout[-3000:] + followed.stderr[-2000:]
     restarts = [e for e in events(run_dir) if e["event"] == "actor_restarted"]
     assert restarts and restarts[0]["role"] == "sampler" and restarts[0]["actor"] == f"{run_dir.name}:sampler-0"
-    assert steps_of(run_dir, "train/pseudo_reward") == [1, 2, 3, 4, 5]      # no step lost or doubled
+    assert steps_of(run_dir, "train/pseudo_reward") == list(range(1, STEPS + 1))   # no step lost or doubled
     assert steps_of(run_dir, "ray/actor_restarts")
     status = cluster.evoray("status", job_id, "--address", cluster.jobs_api)
     assert "SUCCEEDED" in status.stdout and str(run_dir) in status.stdout
