@@ -39,7 +39,7 @@ class Roles:
     restart_timeout_s: float = 300.0
     transport: str = "object_store"
     bucket_mb: float = 256
-    weights: WeightSync = None
+    weights: WeightSync = field(init=False)   # built from the fields above
 
     def __post_init__(self):
         self.weights = WeightSync(
