@@ -35,6 +35,16 @@ def sum_gradients(model: torch.nn.Module) -> None:
         offset += n
 
 
+def sum_over_ranks(value: float, world: int) -> float:
+    """Σ over the ``world`` ranks of the process group of one number each (itself when alone)."""
+    if world == 1:
+        return value
+    import torch.distributed as dist
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
 def shard_model(model: torch.nn.Module) -> None:
     """FSDP2 in place: one unit per layer of the text decoder (its classes named in the model's
     ``_no_split_modules``), the rest in the root unit. A VLM's vision tower stays in the root unit:

@@ -69,6 +69,21 @@ def split_groups(groups: list[list[int]], n: int) -> list[list[int]]:
     return runs
 
 
+def micro_batches(samples: list, budget: int) -> list[list]:
+    """Chunks of whole prompt groups (consecutive samples with the same prompt) whose padded
+    size (rows × longest prompt + completion) stays within ``budget`` tokens; a group larger than
+    the budget is a chunk of its own."""
+    batches, current = [], []
+    for group in ([samples[i] for i in g] for g in prompt_groups(samples)):
+        trial = current + group
+        width = max(len(s.prompt_ids) + len(s.token_ids) for s in trial)
+        if current and width * len(trial) > budget:
+            batches.append(current)
+            trial = group
+        current = trial
+    return batches + ([current] if current else [])
+
+
 def ratio_stats(logp, old_logp, adv, mask, clip_low: float, clip_high: float, tokens: float) -> dict:
     """Diagnostics of ρ = exp(logπ − logπ_old) over the masked tokens, token sums divided by
     ``tokens``: clip_fraction = mean[−A·clip(ρ) > −Aρ], approx_kl = mean[(ρ − 1) − log ρ] (k3),
@@ -101,17 +116,7 @@ class PolicyUpdate:
     # --- splitting the batch ----------------------------------------------------------------------
 
     def micro_batches(self, samples: list) -> list[list]:
-        """Chunks of whole prompt groups (consecutive samples with the same prompt) whose padded
-        size stays within the token budget; a group larger than the budget is a chunk of its own."""
-        batches, current = [], []
-        for group in ([samples[i] for i in g] for g in prompt_groups(samples)):
-            trial = current + group
-            width = max(len(s.prompt_ids) + len(s.token_ids) for s in trial)
-            if current and width * len(trial) > self.s.micro_batch_tokens:
-                batches.append(current)
-                trial = group
-            current = trial
-        return batches + ([current] if current else [])
+        return micro_batches(samples, self.s.micro_batch_tokens)
 
     def shards(self, samples: list) -> list[list[int]]:
         """Sample indices per rank: whole prompt groups, each to the rank with the fewest tokens."""

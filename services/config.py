@@ -95,6 +95,18 @@ class LearnerConfig(ActorResources, UpdateRule):
                                **self.model_dump(include=set(UpdateRule.model_fields)))
 
 
+class RayTrainConfig(Strict):
+    """Run-to-completion training as Ray Train runs (``services/ray_train.py``): one
+    ``TorchTrainer`` per training, its workers data-parallel."""
+    workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks) per training run")
+    use_gpu: bool = Field(False, description="one GPU per worker (NCCL); else CPUs (gloo)")
+    num_cpus: float = Field(0.5, gt=0, description="CPUs per worker")
+    resources: dict[str, float] = Field(default_factory=dict, description="custom resources per worker")
+    max_failures: int = Field(1, ge=-1, description="a failed worker group is restarted this often "
+                              "(from the run's last checkpoint); -1: without limit")
+    keep_checkpoints: int = Field(1, ge=1, description="checkpoints each run keeps in RUN_DIR/ray_train")
+
+
 class RayConfig(Strict):
     address: Optional[str] = None               # default: RAY_ADDRESS, else a local instance
     num_cpus: Optional[int] = Field(None, ge=1, description="local instance only")

@@ -7,12 +7,15 @@ import random
 
 import pytest
 
+import torch
+
 from actors.emulator.simulated import SimulatedDevice, reference_actions, seed_suite
-from actors.learner import Learner, LearnerSettings, Sample
+from actors.learner import Sample, freeze_below
+from actors.model_loading import load_policy
 from actors.sampler import Sampler, SamplerSettings, SamplingParams
+from actors.sft import plan, sft_step, trainable_state
 from actors.weights.pack import pack_state
 from jobs.uigenie.config import UIGenieAgentConfig
-from jobs.uigenie.job import sft_epochs
 from jobs.uigenie.policy import REPLY_PREFIX, target_completion
 
 PROMPTS = ["what is one plus two", "what is two plus two", "the cat is big", "the dog is small",
@@ -41,25 +44,29 @@ def test_default_sft_schedule_takes_several_steps_per_epoch_of_a_small_set():
     fit the boilerplate (token accuracy 0.96) but not the first token (12/16); the default
     batch gives four times the steps for the same compute."""
     a = UIGenieAgentConfig()
-    steps = sft_epochs([Sample([1], [2], 1.0)] * 16, a.sft_epochs, a.sft_batch, random.Random(0),
-                       lambda batch: {"loss": float(len(batch))})
-    assert len(steps) >= 8 * a.sft_epochs and sum(steps) == 16 * a.sft_epochs
+    epochs = plan(16, a.sft_epochs, a.sft_batch, random.Random(0))
+    steps = [step for epoch in epochs for step in epoch]
+    assert len(steps) >= 8 * a.sft_epochs and sum(map(len, steps)) == 16 * a.sft_epochs
+    assert all(sorted(i for step in epoch for i in step) == list(range(16)) for epoch in epochs)
 
 
 def test_sft_rows_are_reproduced_by_the_sampler_after_the_prefix(tiny_lm):
-    """Eight rows through encode → encode_reply → sft_epochs on the learner → weights to the
-    sampler → greedy replies after the prefix: every reply is its target, EOS included."""
+    """Eight rows through encode → encode_reply → the SFT worker's step (one process) → trainable
+    weights to the sampler → greedy replies after the prefix: every reply is its target, EOS included."""
     a = UIGenieAgentConfig()
     sampler = Sampler(SamplerSettings(model=tiny_lm, threads=1, system_prompt="system"))
-    learner = Learner(LearnerSettings(model=tiny_lm, lr=1e-2, grad_clip=a.grad_clip,
-                                      policy_loss="vanilla_pg", aggregation="token-mean",
-                                      micro_batch_tokens=a.micro_batch_tokens, threads=1, seed=0,
-                                      trainable_layers=a.trainable_layers))
+    torch.manual_seed(0)
+    model, tok, _ = load_policy(tiny_lm, "float32", "cpu")
+    freeze_below(model, a.trainable_layers)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     prefix = "ok so"
     samples = [Sample(sampler.encode([{"role": "user", "content": p}], prefix),
                       sampler.encode_reply(f"{w} done"), 1.0) for p, w in zip(PROMPTS, ANSWERS)]
-    losses = sft_epochs(samples, 15, 2, random.Random(0), learner.train_step)   # a random tiny model
+    losses = [sft_step(model, opt, [samples[i] for i in idx], 0, 1, tok.pad_token_id, a.micro_batch_tokens,
+                       a.grad_clip)
+              for epoch in plan(len(samples), 15, 2, random.Random(0)) for idx in epoch]   # a random tiny model
     assert losses[-1] < 0.2 < losses[0]
-    sampler.load_weights(pack_state(list(learner.model.named_parameters()), learner.version, None))
+    sampler.load_weights(pack_state(sorted(trainable_state(model).items()), 1, None))
     out = sampler.generate(PROMPTS, SamplingParams(n=1, temperature=0.0, max_new_tokens=4), prefix)
     assert [(c.text, c.finished) for c in out] == [(f"{w} done", True) for w in ANSWERS]

@@ -159,6 +159,9 @@ class RewardModel:
     def ready(self) -> bool:
         return True
 
+    def settings_dict(self) -> dict:
+        return asdict(self.settings)
+
     # ---- features -------------------------------------------------------------------------------
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -209,9 +212,7 @@ class RewardModel:
 
     # ---- head -----------------------------------------------------------------------------------
     def _new_head(self) -> Head:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.settings.seed)
-            return Head(self.feature_size, self.settings.head_hidden)
+        return new_head(self.feature_size, self.settings)
 
     def _trained_head(self) -> Head:
         if self.head is None:
@@ -241,29 +242,17 @@ class RewardModel:
             raise ValueError(f"epochs must be ≥ 1, got {epochs}")
         head = self._new_head()
         head.set_normaliser(x)
-        losses = self._train(head, x, y, pos_weight, epochs)
+        losses = fit_head(head, x, y, pos_weight, self.settings, epochs)
         self.head = head.eval()
         return {"loss_first": losses[0], "loss_last": losses[-1], "n": n, "n_pos": n_pos,
                 "pos_weight": pos_weight, "one_class": n_pos in (0, n), "epochs": epochs}
 
-    def _train(self, head: Head, x: torch.Tensor, y: torch.Tensor, pos_weight: float,
-               epochs: int) -> list[float]:
-        s = self.settings
-        gen = torch.Generator().manual_seed(s.seed)
-        opt = torch.optim.AdamW(head.net.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-        loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight]))
-        head.train()
-        losses = []
-        for _ in range(epochs):
-            total = 0.0
-            for idx in torch.randperm(len(y), generator=gen).split(max(1, s.batch_size)):
-                loss = loss_fn(head(x[idx]), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(idx)
-            losses.append(total / len(y))
-        return losses
+    def load_files(self, files: dict[str, bytes]) -> None:
+        """A saved head (``save``'s files by name, e.g. a Ray Train checkpoint's) into this model."""
+        with tempfile.TemporaryDirectory(prefix="evoray-rm-head-") as tmp:
+            for name, data in files.items():
+                (Path(tmp) / name).write_bytes(data)
+            self._load_files(Path(tmp))
 
     def evaluate(self, inputs: Sequence[RMInput], labels: Sequence[int], threshold: float = 0.5) -> dict:
         """Positive-class F1 / precision / recall and accuracy of (score > threshold)."""
@@ -295,11 +284,7 @@ class RewardModel:
         return target
 
     def _write_files(self, directory: Path) -> None:
-        from safetensors.torch import save_file
-        head = self._trained_head()
-        save_file({k: v.contiguous() for k, v in head.state_dict().items()}, directory / HEAD_FILE)
-        meta = {"format": 2, "feature_size": self.feature_size, "settings": asdict(self.settings)}
-        (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+        write_head(directory, self._trained_head(), self.feature_size, self.settings)
 
     def load(self, directory: str | os.PathLike) -> None:
         """Load a saved head into this model (its backbone and feature cache are kept; its settings
@@ -333,6 +318,51 @@ class RewardModel:
         model = cls(settings)
         model.load(directory)
         return model
+
+
+def new_head(feature_size: int, settings: RewardModelSettings) -> Head:
+    """A head seeded by ``settings.seed`` (the same on every process), the global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        return Head(feature_size, settings.head_hidden)
+
+
+def fit_head(head: nn.Module, x: torch.Tensor, y: torch.Tensor, pos_weight: float,
+             s: RewardModelSettings, epochs: int, rank: int = 0, world: int = 1) -> list[float]:
+    """AdamW on BCE-with-logits (``pos_weight``) over seeded shuffled mini-batches B of
+    ``batch_size``: loss(B) = Σ_{i∈B} ℓᵢ / |B|. Each epoch's mean loss Σᵢ ℓᵢ / n is returned.
+
+    With ``world`` ranks (``head`` wrapped in DDP, which averages gradients) every rank holds all of
+    x and draws the same B; rank r runs B[r::world] with loss world · Σ_{i∈B_r} ℓᵢ / |B|, so the
+    average over ranks is loss(B) and every rank takes the one-process step. A rank with no rows
+    in B runs one with weight 0 (each backward is an all-reduce every rank joins)."""
+    from actors.data_parallel import sum_over_ranks
+    gen = torch.Generator().manual_seed(s.seed)
+    opt = torch.optim.AdamW(head.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight]), reduction="sum")
+    head.train()
+    losses = []
+    for _ in range(epochs):
+        total = 0.0
+        for idx in torch.randperm(len(y), generator=gen).split(max(1, s.batch_size)):
+            mine = idx[rank::world]
+            weight = 1.0 if len(mine) else 0.0
+            mine = mine if len(mine) else idx[:1]
+            part = loss_fn(head(x[mine]), y[mine]) * weight
+            opt.zero_grad()
+            (part * (world / len(idx))).backward()
+            opt.step()
+            total += float(part.detach())
+        losses.append(sum_over_ranks(total, world) / len(y))
+    return losses
+
+
+def write_head(directory: Path, head: Head, feature_size: int, settings: RewardModelSettings) -> None:
+    """``head.safetensors`` (weights and normaliser) and ``reward_model.json`` (settings)."""
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, Path(directory) / HEAD_FILE)
+    meta = {"format": 2, "feature_size": feature_size, "settings": asdict(settings)}
+    (Path(directory) / META_FILE).write_text(json.dumps(meta, indent=2))
 
 
 def read_meta(directory: str | os.PathLike) -> dict:

@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import Field, field_validator
 
-from services.config import JobConfig, ModelConfig, SamplerConfig, Strict
+from services.config import JobConfig, ModelConfig, RayTrainConfig, SamplerConfig, Strict
 
 
 class DevicePoolConfig(Strict):
@@ -49,9 +49,8 @@ class UIGenieAgentConfig(Strict):
                            "decisions (action kind, element) need many steps to be learned")
     grad_clip: float = Field(1.0, gt=0)
     trainable_layers: Optional[int] = Field(10, ge=1, description="SFT only the top N layers (None: all)")
-    micro_batch_tokens: int = Field(8192, ge=1)
+    micro_batch_tokens: int = Field(8192, ge=1, description="padded tokens per micro-batch (per worker)")
     verify_samples: int = Field(4, ge=0, description="agent proposals per reference step, labelled by rules")
-    num_cpus: float = 0.5
 
 
 class RewardModelConfig(Strict):
@@ -90,5 +89,7 @@ class UIGenieConfig(JobConfig):
     tasks: UIGenieTasksConfig = UIGenieTasksConfig()
     agent: UIGenieAgentConfig = UIGenieAgentConfig()
     reward_model: RewardModelConfig = RewardModelConfig()
+    train: RayTrainConfig = Field(default_factory=RayTrainConfig, description="the agent's SFT and the "
+                                  "reward model's head: Ray Train runs on these workers")
     beam: BeamConfig = BeamConfig()
     loop: UIGenieLoopConfig = UIGenieLoopConfig()

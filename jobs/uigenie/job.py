@@ -1,9 +1,9 @@
-"""Start a UI-Genie run's actors — the agent's sampler and learner, the reward model, the device
-pool — and drive the loop."""
+"""Start a UI-Genie run's actors — the agent's sampler, the reward model, the device pool — and
+drive the loop; the agent's SFT and the reward model's head train as Ray Train runs
+(``jobs/uigenie/training.py``)."""
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from jobs.uigenie.config import UIGenieConfig
 from services.registry import Job, RunContext
@@ -12,46 +12,10 @@ from services.registry import Job, RunContext
 @dataclass
 class UIGenieActors:
     sampler: object
-    learner: object
     rm: object
     pool: object
     device_size: tuple[int, int]
-    _encoded: dict = field(default_factory=dict)
-
-    def sync(self) -> dict[str, float]:
-        from actors.weights.sync import WeightSync
-        return WeightSync(self.learner, [self.sampler]).sync()
-
-    def sft(self, rows: list[dict], epochs: int, batch: int, rng: random.Random) -> dict[str, float]:
-        """Supervised fine-tuning on (prompt, completion) rows: the learner's ``vanilla_pg`` loss
-        with advantage 1 is exactly the token-mean negative log-likelihood. Then weights → sampler."""
-        import ray
-
-        from jobs.uigenie.policy import REPLY_PREFIX
-        todo = [(r["prompt"], r["completion"]) for r in rows if (r["prompt"], r["completion"]) not in self._encoded]
-        prompts = ray.get([self.sampler.encode.remote([{"role": "user", "content": p}], REPLY_PREFIX)
-                           for p, _ in todo])
-        replies = ray.get([self.sampler.encode_reply.remote(c) for _, c in todo])
-        from actors.learner import Sample    # torch: not at import, so the CLI's checks stay fast
-        self._encoded.update({key: Sample(p, t, 1.0) for key, p, t in zip(todo, prompts, replies)})
-        samples = [self._encoded[(r["prompt"], r["completion"])] for r in rows]
-        losses = sft_epochs(samples, epochs, batch, rng,
-                            lambda b: ray.get(self.learner.train_step.remote(b)))
-        sync = self.sync() if samples else {}
-        return {"agent/sft_loss_first": losses[0] if losses else 0.0,
-                "agent/sft_loss_last": losses[-1] if losses else 0.0,
-                "agent/sft_steps": float(len(losses)), **sync}
-
-
-def sft_epochs(samples: list[Sample], epochs: int, batch: int, rng: random.Random, train_step) -> list[float]:
-    """``epochs`` shuffled passes, one optimizer step per ``batch`` samples; the step losses."""
-    losses = []
-    for _ in range(epochs):
-        order = list(range(len(samples)))
-        rng.shuffle(order)
-        for i in range(0, len(order), batch):
-            losses.append(train_step([samples[j] for j in order[i:i + batch]]).get("loss", 0.0))
-    return losses
+    training: object = None           # jobs.uigenie.training.Training: SFT and the RM head on Ray Train
 
 
 def start_actors(cfg, placement) -> UIGenieActors:
@@ -59,20 +23,15 @@ def start_actors(cfg, placement) -> UIGenieActors:
 
     from actors.emulator.factory import DeviceSpec
     from actors.emulator.pool import create_pool
-    from actors.learner import Learner, LearnerSettings
     from actors.reward_model import RewardModel, RewardModelSettings
     from actors.sampler import Sampler
     from services.controller import sampler_settings
     from jobs.uigenie.policy import SYSTEM_PROMPT
-    s, a, rmc, d = cfg.sampler, cfg.agent, cfg.reward_model, cfg.devices
+    s, rmc, d = cfg.sampler, cfg.reward_model, cfg.devices
     settings = sampler_settings(s, cfg.model.name)
     settings.system_prompt = s.system_prompt or SYSTEM_PROMPT
     name = placement.actor_name
     sampler = ray.remote(Sampler).options(**placement.options("sampler", name=name("sampler"))).remote(settings)
-    learner = ray.remote(Learner).options(**placement.options("agent-learner", name=name("agent-learner"))).remote(
-        LearnerSettings(model=cfg.model.name, lr=a.lr, grad_clip=a.grad_clip, policy_loss="vanilla_pg",
-                        aggregation="token-mean", micro_batch_tokens=a.micro_batch_tokens,
-                        threads=s.threads, seed=cfg.loop.seed, trainable_layers=a.trainable_layers))
     rm = ray.remote(RewardModel).options(**placement.options("reward-model", name=name("reward-model"))).remote(
         RewardModelSettings(model=rmc.model or cfg.model.name, head_hidden=rmc.head_hidden, lr=rmc.lr,
                             epochs=rmc.epochs, batch_size=rmc.batch_size, max_tokens=rmc.max_tokens,
@@ -81,9 +40,9 @@ def start_actors(cfg, placement) -> UIGenieActors:
                        lease_ttl_s=d.lease_ttl_s, health_interval_s=d.health_interval_s,
                        max_failures=d.max_failures,
                        device_options={"num_cpus": d.num_cpus, "resources": dict(d.resources)})
-    for role, actor in (("sampler", sampler), ("agent-learner", learner), ("reward-model", rm)):
+    for role, actor in (("sampler", sampler), ("reward-model", rm)):
         placement.wait_ready(role, [actor.ready.remote()])
-    return UIGenieActors(sampler, learner, rm, pool, (0, 0))
+    return UIGenieActors(sampler, rm, pool, (0, 0))
 
 
 def run_uigenie(ctx: RunContext) -> None:
@@ -93,11 +52,14 @@ def run_uigenie(ctx: RunContext) -> None:
     from actors.emulator.simulated import reference_actions, seed_suite, setup, task_suite
     from jobs.uigenie.loop import UIGenieLoop
     from jobs.uigenie.rollout import DeviceRunner, EpisodeOps
+    from jobs.uigenie.training import Training
+    from services.ray_train import storage_path
     cfg, store, progress, placement = ctx.cfg, ctx.store, ctx.progress, ctx.placement
     run_name = placement.run_name
-    progress.note(f"starting the sampler, the agent's learner, the reward model and "
-                  f"{cfg.devices.size} {cfg.devices.backend} device(s) …")
+    progress.note(f"starting the sampler, the reward model and {cfg.devices.size} {cfg.devices.backend} "
+                  f"device(s); training runs on {cfg.train.workers} Ray Train worker(s) …")
     actors = start_actors(cfg, placement)
+    actors.training = Training(cfg, storage_path(store), actors.sampler, actors.rm)
     placement.report(store, progress)
     ops = EpisodeOps(setup=setup, succeeded=lambda task, device: task.check(device.state),
                      reference=reference_actions)
@@ -117,7 +79,8 @@ def uigenie_roles(cfg) -> list:
     from services.placement import RoleSpec, role_spec
     d = cfg.devices
     return [role_spec("sampler", 1, cfg.sampler, grouped=True),
-            RoleSpec("agent-learner", 1, cfg.agent.num_cpus),
+            RoleSpec("train-workers", cfg.train.workers, cfg.train.num_cpus, float(cfg.train.use_gpu),
+                     resources=dict(cfg.train.resources)),
             RoleSpec("reward-model", 1, cfg.reward_model.num_cpus),
             RoleSpec("device-pool", 1, num_cpus=0),
             RoleSpec("devices", d.size, d.num_cpus, resources=dict(d.resources))]

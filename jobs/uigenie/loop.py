@@ -83,7 +83,7 @@ class UIGenieLoop:
     def __init__(self, cfg, store, progress, export, actors, ops: EpisodeOps, runner, suite: list,
                  seeds: Optional[list] = None):
         self.cfg, self.store, self.progress, self.export = cfg, store, progress, export
-        self.a = actors                         # .sampler, .learner, .rm, .pool, .sync(), .sft()
+        self.a = actors                         # .sampler, .rm, .pool, .training
         self.ops, self.runner = ops, runner
         self.splits = split_tasks(cfg, suite, seeds)
         self.policy = Policy(remote_generate(actors.sampler), cfg.agent.max_new_tokens, cfg.loop.seed)
@@ -179,16 +179,13 @@ class UIGenieLoop:
         old = self.agent_data[:len(self.agent_data) - len(new_agent)]
         replay = self.rng.sample(old, min(len(old), len(new_agent)))
         self.progress.note(f"  training the agent on {len(new_agent)} new examples + {len(replay)} replayed …")
-        return self.a.sft(new_agent + replay, a.sft_epochs, a.sft_batch, self.rng)
+        return self.a.training.sft(new_agent + replay, a.sft_epochs, a.sft_batch, self.rng)
 
     def train_rm(self, new_rm: list[RMRow]) -> dict[str, float]:
         """A fresh head on every RM example so far (features of old ones are cached)."""
-        import ray
         self.rm_data += new_rm
         self.progress.note(f"  training the reward model on {len(self.rm_data)} examples …")
-        fit = ray.get(self.a.rm.fit.remote([rm_input(r) for r in self.rm_data],
-                                           [r.label for r in self.rm_data]))
-        return {"rm/train_loss": fit["loss_last"]}
+        return self.a.training.train_rm([rm_input(r) for r in self.rm_data], [r.label for r in self.rm_data])
 
     def mine_hard_negatives(self, rows: list[RMRow]) -> list[RMRow]:
         """New negatives the current RM scores as positive, repeated (they are what it gets wrong)."""
@@ -319,8 +316,9 @@ class UIGenieLoop:
     def checkpoint(self, g: int) -> None:
         import ray
         def write(tmp: Path) -> None:
-            ray.get([self.a.learner.save.remote(self.store.actor_dir(tmp, "agent")),
-                     self.a.rm.save.remote(self.store.actor_dir(tmp, "rm"))])
+            saving = self.a.rm.save.remote(self.store.actor_dir(tmp, "rm"))
+            self.a.training.save_agent(self.store.actor_dir(tmp, "agent"))
+            ray.get(saving)
             (tmp / "state.json").write_text(json.dumps({"generation": g}))
         self.store.save_checkpoint(g, write, keep=2)
 
@@ -332,9 +330,9 @@ class UIGenieLoop:
         if ckpt is None:
             return 0
         g = json.loads((ckpt / "state.json").read_text())["generation"]
-        ray.get([self.a.learner.load.remote(self.store.actor_dir(ckpt, "agent")),
-                 self.a.rm.load.remote(self.store.actor_dir(ckpt, "rm"))])
-        self.a.sync()
+        loading = self.a.rm.load.remote(self.store.actor_dir(ckpt, "rm"))
+        self.a.training.load_agent(self.store.actor_dir(ckpt, "agent"))
+        ray.get(loading)
         self.store.truncate_metrics(g)
         names = {f.name for f in fields(RMRow)}
         def rows(path):

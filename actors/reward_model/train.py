@@ -1,0 +1,49 @@
+"""The reward model's head trained as a Ray Train worker function (``TorchTrainer(train_head, ...)``).
+
+The frozen backbone stays in the ``RewardModel`` actor, which computes (and caches) the features;
+the workers get them through the object store and train a fresh seeded head on them, exactly
+``RewardModel.fit``'s training (``fit_head``: standardised features, balanced BCE, AdamW over
+seeded mini-batches), the head wrapped by ``ray.train.torch.prepare_model`` (DDP over the workers;
+each mini-batch is dealt out over the ranks and the step equals the one-process one). Rank 0
+writes the head in ``RewardModel.save``'s layout through ``ray.train.report``; the driver hands
+those files to the actor (``RewardModel.load_files``), which scores with it.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def train_head(config: dict) -> None:
+    """The worker function. ``config``: features ([ref] of the [N, F] tensor), labels (0/1),
+    settings (``RewardModelSettings`` as a dict), epochs, threads, fail_once (tests: a marker
+    path; the first attempt fails before training)."""
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from actors.reward_model.model import (RewardModelSettings, fit_head, new_head, resolve_pos_weight,
+                                           write_head)
+    from actors.sft import fail_once
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(config.get("threads") or os.cpu_count() or 1)
+    fail_once(config.get("fail_once"))
+    s = RewardModelSettings(**config["settings"])
+    x = ray.get(config["features"][0]).float()
+    y = torch.tensor([float(v) for v in config["labels"]])
+    n, n_pos = len(y), int(y.sum())
+    pos_weight = resolve_pos_weight(s.pos_weight, n_pos, n - n_pos)
+    head = new_head(x.shape[1], s)
+    head.set_normaliser(x)
+    losses = fit_head(ray.train.torch.prepare_model(head), x, y, pos_weight, s, config["epochs"], rank, world)
+    metrics = {"loss_first": losses[0], "loss_last": losses[-1], "n": n, "n_pos": n_pos,
+               "pos_weight": pos_weight, "epochs": config["epochs"]}
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="evoray-rm-head-") as tmp:
+        write_head(Path(tmp), head.eval(), x.shape[1], s)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
