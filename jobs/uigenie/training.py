@@ -37,8 +37,8 @@ class Training:
 
         from actors.sft import plan, read_checkpoint, train_sft
         from services.ray_train import fit
-        if not rows:
-            return {}
+        if not rows:                  # nothing new: the agent stays as it is (the series go on)
+            return {"agent/sft_loss_first": 0.0, "agent/sft_loss_last": 0.0, "agent/sft_steps": 0.0}
         encoded = self.encode(rows)
         a = self.cfg.agent
         config = {"model": self.cfg.model.name, "lr": a.lr, "grad_clip": a.grad_clip,
