@@ -46,15 +46,24 @@ def sft_step(model, opt, batch: list, rank: int, world: int, pad_id: int, budget
              grad_clip: float) -> float:
     """One optimizer step on ``batch`` (every rank holds the whole batch, runs its share); the
     whole batch's loss (see the module docstring)."""
-    from actors import grpo
     from actors.data_parallel import sum_over_ranks
+    opt.zero_grad(set_to_none=True)
+    total = backward_share(model, batch, rank, world, pad_id, budget)
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
+    opt.step()
+    return sum_over_ranks(total, world)
+
+
+def backward_share(model, batch: list, rank: int, world: int, pad_id: int, budget: int) -> float:
+    """Gradients of rank ``rank``'s share of ``batch``, scaled so that their average over the
+    ``world`` ranks is the gradient of the whole batch's loss; this share's part of that loss."""
+    from actors import grpo
     from actors.logprobs import completion_logprobs
     from actors.ppo_update import micro_batches
     mine = batch[rank::world]
     weight = 1.0 if mine else 0.0
     chunks = micro_batches(mine or batch[:1], budget)
     tokens = float(sum(len(s.token_ids) for s in batch))
-    opt.zero_grad(set_to_none=True)
     total = 0.0
     for k, mb in enumerate(chunks):
         syncing = k == len(chunks) - 1 or not hasattr(model, "no_sync")
@@ -65,9 +74,7 @@ def sft_step(model, opt, batch: list, rank: int, world: int, pad_id: int, budget
             loss = grpo.AGGREGATIONS["token-mean"](per_token, mask, tokens) * weight
             (loss * world).backward()
         total += float(loss.detach())
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
-    opt.step()
-    return sum_over_ranks(total, world)
+    return total
 
 
 def train_sft(config: dict) -> None:

@@ -345,16 +345,23 @@ def fit_head(head: nn.Module, x: torch.Tensor, y: torch.Tensor, pos_weight: floa
     for _ in range(epochs):
         total = 0.0
         for idx in torch.randperm(len(y), generator=gen).split(max(1, s.batch_size)):
-            mine = idx[rank::world]
-            weight = 1.0 if len(mine) else 0.0
-            mine = mine if len(mine) else idx[:1]
-            part = loss_fn(head(x[mine]), y[mine]) * weight
             opt.zero_grad()
-            (part * (world / len(idx))).backward()
+            total += share_backward(head, loss_fn, x, y, idx, rank, world)
             opt.step()
-            total += float(part.detach())
         losses.append(sum_over_ranks(total, world) / len(y))
     return losses
+
+
+def share_backward(head: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
+                   rank: int, world: int) -> float:
+    """Gradients of world · Σ_{i∈B_r} ℓᵢ / |B| for rank r's rows B_r = idx[r::world] (their average
+    over ranks: the gradient of the mini-batch's mean loss); Σ_{i∈B_r} ℓᵢ."""
+    mine = idx[rank::world]
+    weight = 1.0 if len(mine) else 0.0
+    mine = mine if len(mine) else idx[:1]
+    part = loss_fn(head(x[mine]), y[mine]) * weight
+    (part * (world / len(idx))).backward()
+    return float(part.detach())
 
 
 def write_head(directory: Path, head: Head, feature_size: int, settings: RewardModelSettings) -> None:
