@@ -80,7 +80,7 @@ class UIGenieLoopConfig(Strict):
 
 
 class UIGenieConfig(JobConfig):
-    RESUMABLE_KEYS: ClassVar[tuple[str, ...]] = JobConfig.RESUMABLE_KEYS + ("loop.generations",)
+    RESUMABLE_KEYS: ClassVar[tuple[str, ...]] = JobConfig.RESUMABLE_KEYS + ("loop.generations", "train.*")
     job: Literal["uigenie"] = "uigenie"
     name: str = "uigenie"
     model: ModelConfig = ModelConfig()
