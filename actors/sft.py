@@ -43,18 +43,19 @@ def plan(n: int, epochs: int, batch: int, rng) -> list[list[list[int]]]:
 
 
 def sft_step(model, opt, batch: list, rank: int, world: int, pad_id: int, budget: int,
-             grad_clip: float) -> float:
+             grad_clip: float, device: str = "cpu") -> float:
     """One optimizer step on ``batch`` (every rank holds the whole batch, runs its share); the
     whole batch's loss (see the module docstring)."""
     from actors.data_parallel import sum_over_ranks
     opt.zero_grad(set_to_none=True)
-    total = backward_share(model, batch, rank, world, pad_id, budget)
+    total = backward_share(model, batch, rank, world, pad_id, budget, device)
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
     opt.step()
     return sum_over_ranks(total, world)
 
 
-def backward_share(model, batch: list, rank: int, world: int, pad_id: int, budget: int) -> float:
+def backward_share(model, batch: list, rank: int, world: int, pad_id: int, budget: int,
+                   device: str = "cpu") -> float:
     """Gradients of rank ``rank``'s share of ``batch``, scaled so that their average over the
     ``world`` ranks is the gradient of the whole batch's loss; this share's part of that loss."""
     from actors import grpo
@@ -68,8 +69,8 @@ def backward_share(model, batch: list, rank: int, world: int, pad_id: int, budge
     for k, mb in enumerate(chunks):
         syncing = k == len(chunks) - 1 or not hasattr(model, "no_sync")
         with nullcontext() if syncing else model.no_sync():
-            logp, mask = completion_logprobs(model, mb, pad_id, whole_sequences=True)
-            ones = torch.ones(len(mb))
+            logp, mask = completion_logprobs(model, mb, pad_id, str(device), whole_sequences=True)
+            ones = torch.ones(len(mb), device=logp.device)
             per_token = grpo.POLICY_LOSSES["vanilla_pg"](logp, logp.detach(), ones)
             loss = grpo.AGGREGATIONS["token-mean"](per_token, mask, tokens) * weight
             (loss * world).backward()
@@ -97,13 +98,14 @@ def train_sft(config: dict) -> None:
     if resumed is not None:                     # a retried attempt: from the last epoch written
         with resumed.as_directory() as d:
             done, losses = load_into(model, Path(d))
-    model = ray.train.torch.prepare_model(model)
+    model = ray.train.torch.prepare_model(model)           # onto this worker's device; DDP when W > 1
+    device = ray.train.torch.get_device()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config["lr"])
     rows = [Sample(list(p), list(t), 1.0) for p, t in ray.get(config["rows"][0])]
     for epoch in range(done, len(config["plan"])):
         for idx in config["plan"][epoch]:
             losses.append(sft_step(model, opt, [rows[i] for i in idx], rank, world, pad_id,
-                                   config["micro_batch_tokens"], config["grad_clip"]))
+                                   config["micro_batch_tokens"], config["grad_clip"], device))
         report(model, rank, {"epoch": epoch + 1, "losses": losses, "version": config["version"]})
         fail_once(config.get("fail_once"))
 
@@ -127,7 +129,7 @@ def start_model(config: dict):
 def trainable_state(model) -> dict[str, torch.Tensor]:
     """The parameters that train (all others are the base model's), under the unwrapped names."""
     inner = getattr(model, "module", model)
-    return {k: p.detach().contiguous() for k, p in inner.named_parameters() if p.requires_grad}
+    return {k: p.detach().cpu().contiguous() for k, p in inner.named_parameters() if p.requires_grad}
 
 
 def report(model, rank: int, meta: dict) -> None:

@@ -339,7 +339,7 @@ def fit_head(head: nn.Module, x: torch.Tensor, y: torch.Tensor, pos_weight: floa
     from actors.data_parallel import sum_over_ranks
     gen = torch.Generator().manual_seed(s.seed)
     opt = torch.optim.AdamW(head.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight]), reduction="sum")
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight], device=x.device), reduction="sum")
     head.train()
     losses = []
     for _ in range(epochs):

@@ -38,7 +38,10 @@ def train_head(config: dict) -> None:
     pos_weight = resolve_pos_weight(s.pos_weight, n_pos, n - n_pos)
     head = new_head(x.shape[1], s)
     head.set_normaliser(x)
-    losses = fit_head(ray.train.torch.prepare_model(head), x, y, pos_weight, s, config["epochs"], rank, world)
+    model = ray.train.torch.prepare_model(head)            # onto this worker's device; DDP when W > 1
+    device = ray.train.torch.get_device()
+    losses = fit_head(model, x.to(device), y.to(device), pos_weight, s, config["epochs"], rank, world)
+    head = head.cpu()
     metrics = {"loss_first": losses[0], "loss_last": losses[-1], "n": n, "n_pos": n_pos,
                "pos_weight": pos_weight, "epochs": config["epochs"]}
     if rank != 0:
