@@ -1,6 +1,7 @@
-"""The UI-Genie job through real Ray actors — sampler, learner, reward model, device pool of
-simulated devices — with a tiny random model: the mechanics end to end (every dataset, metric,
-checkpoint and the report), and a killed run resumed with continuous metrics.
+"""The UI-Genie job through real Ray actors — sampler, reward model, device pool of simulated
+devices, Ray Train runs for the agent's SFT and the reward model's head — with a tiny random
+model: the mechanics end to end (every dataset, metric, checkpoint and the report), and a killed
+run resumed with continuous metrics.
 
 A random model's replies never parse, so every step carries a per-step error: exactly what must
 never crash a run. (The real model's numbers come from `make uigenie-demo`, see the README.)"""
@@ -102,3 +103,5 @@ def test_killed_run_resumes_with_continuous_metrics(tmp_path, tiny_long_lm):
     assert f"resumed after generation {int(done.split('_')[1])}" in resumed.stdout
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_000002"
     assert '"event": "resumed"' in (run_dir / "events.jsonl").read_text()
+    # the agent SFT gave in generation 0 went through the resume into the last checkpoint
+    assert (run_dir / "checkpoints" / "step_000002" / "agent" / "sft.json").is_file()
