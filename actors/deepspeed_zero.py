@@ -165,14 +165,15 @@ class DeepSpeedZero(Strategy):
         from deepspeed.utils import safe_set_full_optimizer_state
         if not state["state"]:
             return
-        inner = self.learner.opt.optimizer
+        zero = self.learner.opt
         step = float(next(iter(state["state"].values()))["step"])
-        for group in inner.param_groups:
-            for flat in group["params"]:
-                entry = inner.state[flat]
-                for key in ADAM_KEYS:
-                    entry.setdefault(key, torch.zeros_like(flat, memory_format=torch.preserve_format))
-                entry["step"] = torch.tensor(step)
+        # the fp32 partitions AdamW steps on (ZeRO-3 swaps them into its param groups per step)
+        flats = getattr(zero, "fp32_partitioned_groups_flat", None) or zero.single_partition_of_fp32_groups
+        for flat in flats:
+            entry = zero.optimizer.state[flat]
+            for key in ADAM_KEYS:
+                entry.setdefault(key, torch.zeros_like(flat, memory_format=torch.preserve_format))
+            entry["step"] = torch.tensor(step)
         link = getattr(self.learner.opt, "_lazy_init_hp_params_optimizer_state", None)
         if link is not None:                      # ZeRO 1/2: point each parameter at its moments
             link()

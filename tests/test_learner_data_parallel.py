@@ -127,10 +127,12 @@ def test_fully_sharded_rank_without_samples_runs_placeholders(tiny_lm, prompts, 
 def test_sharded_checkpoint_resumes_the_same_run(tiny_lm, prompts, ray_local, tmp_path, layout):
     """Rank 0 gathers the sharded state into a single-process checkpoint; every rank of a new group
     takes its share back, and the next step equals the single process's second step — as does a
-    single process resuming from the same checkpoint."""
+    single process resuming from the same checkpoint, and the group resuming from the single
+    process's checkpoint (the files are the same under every strategy)."""
     samples = batch(prompts)
     single = Learner(settings(tiny_lm))
     single.train_step(samples)
+    single.save(str(tmp_path / "single"))
     single.train_step(samples)
     want = weights(single.export_weights())
     ranks = start_ranks(tiny_lm, **LAYOUTS[layout])
@@ -139,9 +141,10 @@ def test_sharded_checkpoint_resumes_the_same_run(tiny_lm, prompts, ray_local, tm
     for r in ranks:
         ray.kill(r)
     fresh = start_ranks(tiny_lm, **LAYOUTS[layout])
-    assert ray.get(fresh[0].load.remote(str(tmp_path / "ckpt"))) == 1
-    ray.get(fresh[0].train_step.remote(samples))
-    assert_weights_match(fresh, want, atol=4e-4)
+    for source in ("ckpt", "single"):
+        assert ray.get(fresh[0].load.remote(str(tmp_path / source))) == 1
+        ray.get(fresh[0].train_step.remote(samples))
+        assert_weights_match(fresh, want, atol=4e-4)
     for r in fresh:
         ray.kill(r)
     alone = Learner(settings(tiny_lm))
