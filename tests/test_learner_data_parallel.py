@@ -49,7 +49,7 @@ def start_ranks(tiny_lm, n=2, **kw) -> list:
 
 
 LAYOUTS = {"ddp": {}, "fsdp2": {"strategy": "fsdp2"},
-           "zero2": {"strategy": "deepspeed", "zero_stage": 2}, "zero3": {"strategy": "deepspeed", "zero_stage": 3}}
+           "zero1": {"strategy": "deepspeed", "zero_stage": 1}, "zero2": {"strategy": "deepspeed", "zero_stage": 2}, "zero3": {"strategy": "deepspeed", "zero_stage": 3}}
 
 
 def assert_weights_match(ranks, want: dict, atol: float) -> None:
@@ -64,7 +64,7 @@ def assert_weights_match(ranks, want: dict, atol: float) -> None:
     # one micro-batch per prompt group: the ranks run 2 and 1, so lockstep needs a placeholder
     ("fsdp2", {"micro_batch_tokens": 1}), ("fsdp2", {"aggregation": "seq-mean-token-mean", "kl_coef": 0.1}),
     ("fsdp2", {"micro_batch_tokens": 1, "gradient_checkpointing": True}),
-    ("zero2", {"micro_batch_tokens": 1}), ("zero3", {"micro_batch_tokens": 1}),
+    ("zero1", {"micro_batch_tokens": 1}), ("zero2", {"micro_batch_tokens": 1}), ("zero3", {"micro_batch_tokens": 1}),
     ("zero3", {"aggregation": "seq-mean-token-mean", "kl_coef": 0.1, "gradient_checkpointing": True}),
     # PPO: 2 epochs × 2 mini-batches (groups p0+p1, then p2 alone: one rank has nothing, so a
     # lockstep strategy runs placeholders in the π_old pass and in every step); every rank takes 4 steps
@@ -96,6 +96,11 @@ def test_two_ranks_take_the_single_process_step(tiny_lm, prompts, ray_local, lay
     # (DeepSpeed keeps its gradients in ZeRO's partitions and frees them in the step: the weights
     # and the gradient norm above check them there)
     want_grads = whole_grads(single) if LAYOUTS[layout].get("strategy") != "deepspeed" else {}
+    if layout == "zero3":                 # each rank holds a partition of every parameter
+        held, whole = ray.get(ranks[1].__ray_call__.remote(lambda learner: (
+            sum(p.ds_tensor.numel() for p in learner.model.parameters()),
+            sum(p.ds_numel for p in learner.model.parameters()))))
+        assert 0 < held < whole
     # after earlier steps (PPO) the float-order differences of each step carry into the next
     atol = 1e-7 if expected["updates"] == 1 else 2e-6
     for mine in ray.get([rank.__ray_call__.remote(whole_grads) for rank in ranks]):
