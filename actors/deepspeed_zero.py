@@ -79,7 +79,11 @@ class DeepSpeedZero(Strategy):
         prepare_environment(settings.device)
 
     def setup(self) -> None:
+        import warnings
+
         import deepspeed
+        # ZeRO gathers with the collective torch renamed: a warning per gather, nothing to act on
+        warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated")
         learner = self.learner
         self.stage = learner.s.zero_stage
         self.engine, learner.opt, _, _ = deepspeed.initialize(

@@ -216,3 +216,23 @@ def test_fully_sharded_vision_language_model(ray_local):
     assert_weights_match(ranks, weights(single.export_weights()), atol=2e-5)
     for r in ranks:
         ray.kill(r)
+
+
+def test_a_stale_extension_build_lock_is_removed(tmp_path, monkeypatch, capsys):
+    """A DeepSpeed op build killed midway leaves its lock, on which every later start would wait
+    forever: an old one goes (with a message), a recent one (a build under way) stays."""
+    import os
+    import time
+
+    from actors import deepspeed_zero
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    stale, fresh = tmp_path / "deepspeed_shm_comm" / "lock", tmp_path / "other_op" / "lock"
+    for lock in (stale, fresh):
+        lock.parent.mkdir()
+        lock.touch()
+    old = time.time() - deepspeed_zero.STALE_LOCK_S - 60
+    os.utime(stale, (old, old))
+    deepspeed_zero.prepare_environment("cuda")
+    assert not stale.exists() and fresh.exists()
+    assert "did not finish" in capsys.readouterr().err
