@@ -195,8 +195,9 @@ def test_deepspeed_defaults_to_zero_2():
     assert parse_config({"job": "srt", "learner": {"workers": 2, "strategy": "deepspeed"}}).learner.zero_stage == 2
 
 
-def test_fully_sharded_vision_language_model(ray_local):
-    """Image prompts (tiny LLaVA) under FSDP: three images for two ranks, one micro-batch each, so
+@pytest.mark.parametrize("layout", ["fsdp2", "zero1"])
+def test_sharded_vision_language_model(ray_local, layout):
+    """Image prompts (tiny LLaVA) in lockstep: three images for two ranks, one micro-batch each, so
     one rank's placeholder runs no vision tower while the other's images do."""
     from actors.sampler import Sampler, SamplerSettings, SamplingParams
     from tests.test_vision import BLUE, RED, png
@@ -209,7 +210,7 @@ def test_fully_sharded_vision_language_model(ray_local):
     kw = {"lr": 1e-3, "micro_batch_tokens": 1}
     single = Learner(settings("tiny-llava", **kw))
     expected = single.train_step(samples)
-    ranks = start_ranks("tiny-llava", strategy="fsdp2", **kw)
+    ranks = start_ranks("tiny-llava", **LAYOUTS[layout], **kw)
     got = ray.get(ranks[0].train_step.remote(samples))
     assert got["loss"] == pytest.approx(expected["loss"], abs=1e-6)
     assert got["grad_norm"] == pytest.approx(expected["grad_norm"], rel=1e-5)
