@@ -1,23 +1,128 @@
-"""How the learner's data-parallel ranks hold the model and combine their gradients.
+"""How the learner's data-parallel ranks hold the model and combine their gradients: one
+``Strategy`` per ``learner.strategy``, found by name in ``STRATEGIES``.
 
-Three layouts (``learner.workers`` > 1), the same update in each (tested against one process):
+- ``ddp``: every rank holds the whole model and Adam state; gradients are all-reduced. One process
+  (``learner.workers: 1``) is this strategy without the all-reduce.
+- ``fsdp2`` (FSDP2 ``fully_shard``): each rank keeps 1/N of every parameter, its gradient and its
+  Adam state; a decoder layer's parameters are all-gathered just before its forward and backward
+  and freed after, gradients reduce-scattered.
+- ``deepspeed`` (``actors/deepspeed_zero.py``): DeepSpeed's ZeRO stage 1 (Adam state sharded),
+  2 (+ gradients) or 3 (+ weights).
 
-- replicated: every rank holds the whole model and Adam state; gradients are all-reduced.
-- ZeRO-1 (``shard_optimizer``): whole model on every rank, each keeps the Adam state of 1/N of the
-  parameters (``torch.distributed.optim.ZeroRedundancyOptimizer``).
-- fully sharded (``shard_weights``, FSDP2 ``fully_shard``): each rank keeps 1/N of every parameter,
-  its gradient and its Adam state; a decoder layer's parameters are all-gathered just before its
-  forward and backward and freed after, gradients reduce-scattered. Every rank must then run the
-  same number of forwards and backwards per step (the collectives pair up across ranks), so a rank
-  with fewer micro-batches runs placeholder ones whose loss is zero.
+A strategy whose collectives run inside forward or backward (``lockstep``) needs every rank to run
+the same number of forwards and backwards per step, so a rank with fewer micro-batches runs
+placeholder ones whose loss is zero.
 
 Gradients are *summed* across ranks, not averaged: each rank's loss is already normalised by the
-whole batch's token/sequence counts. Checkpoints and exported weights are whole tensors in every
-layout, so a run can resume under another layout.
+whole batch's token/sequence counts. Checkpoints and exported weights are whole tensors under every
+strategy (the single-process layout), so a run can resume under another strategy.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
+
+STRATEGIES: dict[str, type] = {}
+
+
+def register_strategy(name: str):
+    """Class decorator: the strategy ``learner.strategy: NAME`` builds."""
+    def add(cls):
+        cls.name = name
+        STRATEGIES[name] = cls
+        return cls
+    return add
+
+
+@register_strategy("ddp")
+class Strategy:
+    """Replicated ranks (and the single process): the Learner's own model and torch optimizer.
+    ``learner`` has ``model``, ``opt``, ``s`` (settings), ``world_size``."""
+    lockstep = False
+
+    def __init__(self, learner):
+        self.learner = learner
+
+    @classmethod
+    def prepare(cls, settings) -> None:
+        """Called before the learner loads its model (and its libraries read the environment)."""
+
+    def setup(self) -> None:
+        """Called once every rank has joined the process group."""
+
+    @property
+    def module(self):
+        """What the forwards run through."""
+        return self.learner.model
+
+    def zero_grad(self) -> None:
+        self.learner.opt.zero_grad(set_to_none=True)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> float:
+        """Sum the gradients across ranks, clip them to ``grad_clip`` (g·min(1, c/(‖g‖ + 1e-6))),
+        take the optimizer step; returns ‖g‖ before clipping."""
+        model = self.learner.model
+        if self.learner.world_size > 1:
+            sum_gradients(model)
+        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), self.learner.s.grad_clip))
+        self.learner.opt.step()
+        return norm
+
+    def whole(self):
+        """A context in which the model's parameters are whole tensors (a collective when sharded)."""
+        return nullcontext()
+
+    def described(self, param):
+        """A tensor with ``param``'s whole shape and dtype, without gathering it."""
+        return param
+
+    def whole_value(self, value):
+        """``value`` (a parameter or state-dict tensor, inside ``whole()``) as a whole tensor."""
+        return gathered(value)
+
+    def optimizer_state(self) -> dict | None:
+        """The optimizer state as one process's ``torch.optim.AdamW.state_dict()`` (``state[i]``
+        belongs to the i-th trainable parameter); a collective when sharded."""
+        return gathered_state(self.learner.opt.state_dict())
+
+    def load_weights(self, whole: dict) -> tuple[list, list]:
+        """Whole tensors by state-dict name into this rank's parameters; (missing, unexpected)."""
+        model = self.learner.model
+        current = model.state_dict()
+        return model.load_state_dict({k: sharded_like(v, current.get(k)) for k, v in whole.items()},
+                                     strict=False)
+
+    def load_optimizer_state(self, state: dict) -> None:
+        self.learner.opt.load_state_dict(state)
+
+
+@register_strategy("fsdp2")
+class FullySharded(Strategy):
+    """FSDP2: parameters, gradients and Adam state in 1/N shards (DTensors); gradients are
+    reduce-scattered in backward."""
+    lockstep = True
+
+    def setup(self) -> None:
+        shard_model(self.learner.model)
+        self.learner.opt = self.learner._optimizer(torch.optim.AdamW)
+
+    def step(self) -> float:
+        norm = float(torch.nn.utils.clip_grad_norm_(self.learner.model.parameters(), self.learner.s.grad_clip))
+        self.learner.opt.step()
+        return norm
+
+    def load_optimizer_state(self, state: dict) -> None:
+        params = [p for group in self.learner.opt.param_groups for p in group["params"]]
+        self.learner.opt.load_state_dict(shard_optimizer_state(state, params))
+
+
+def build_strategy(learner):
+    """The settings' strategy for ``learner`` (DeepSpeed's registers when its module is imported)."""
+    return STRATEGIES[learner.s.strategy](learner)
 
 
 def sum_gradients(model: torch.nn.Module) -> None:
@@ -55,7 +160,7 @@ def shard_model(model: torch.nn.Module) -> None:
     layers = [m for m in model.get_decoder().modules() if type(m).__name__ in layer_types]
     if not layers:
         raise ValueError(f"{type(model).__name__} names no decoder-layer class (_no_split_modules); "
-                         "learner.shard_weights cannot tell where to cut it")
+                         "learner.strategy: fsdp2 cannot tell where to cut it")
     for layer in layers:
         fully_shard(layer)
     fully_shard(model)

@@ -23,7 +23,8 @@ class SampledBatch:
 
 def cache_kwarg(model) -> str:
     """transformers renamed ``past_key_values`` to ``cache`` (5.x); use whichever forward takes."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    forward = getattr(model, "module", model).forward      # a DeepSpeed engine wraps the model
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def output_cache(out):

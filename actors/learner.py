@@ -14,7 +14,7 @@ torch.distributed group (NCCL on GPUs, gloo on CPUs). Rank 0 is the role's face:
 batch's prompt groups over the ranks by tokens, every rank runs its share with the *global* token
 and sequence counts in the aggregation, the gradients are summed across ranks, and every rank
 takes the same optimizer step — so the update equals the single-process one (tested). How the
-ranks hold the model (replicated, ZeRO-1, fully sharded) is in ``actors/data_parallel.py``.
+ranks hold the model (``learner.strategy``: ddp, fsdp2, deepspeed) is in ``actors/data_parallel.py``.
 
 Checkpoints (what resume needs, the optimizer state apart) are in ``actors/learner_checkpoint.py``;
 LoRA (``learner.lora``: adapters train, the samplers get them merged) in ``actors/lora.py``.
@@ -26,7 +26,7 @@ import sys
 
 import torch
 
-from actors import data_parallel
+from actors import data_parallel, deepspeed_zero  # noqa: F401 (deepspeed_zero registers "deepspeed")
 from actors.learner_checkpoint import Checkpoints
 from actors.logprobs import (Sample, completion_logprobs, completion_targets, prompt_groups,  # noqa: F401
                              sequence_logprobs, token_logprobs)
@@ -56,6 +56,7 @@ class Learner(PolicyUpdate, Checkpoints):
         from actors.model_loading import load_policy
         torch.set_num_threads(settings.threads or os.cpu_count() or 1)
         torch.manual_seed(settings.seed)
+        data_parallel.STRATEGIES[settings.strategy].prepare(settings)
         self.s = settings
         self.model, tokenizer, self.vision = load_policy(settings.model, "float32", settings.device)
         self.pad_id = tokenizer.pad_token_id
@@ -73,6 +74,7 @@ class Learner(PolicyUpdate, Checkpoints):
             self.ref, _, _ = load_policy(settings.model, "float32", settings.device)
             self.ref.eval().requires_grad_(False)
         self.opt = self._optimizer(torch.optim.AdamW)
+        self.strategy = data_parallel.STRATEGIES["ddp"](self)    # one process: until join
         self.version = 0
 
     def _optimizer(self, cls, **extra):
@@ -104,12 +106,8 @@ class Learner(PolicyUpdate, Checkpoints):
         with torch.no_grad():
             for p in self.model.parameters():
                 dist.broadcast(p.data, src=0)
-        if self.s.shard_weights:
-            data_parallel.shard_model(self.model)
-            self.opt = self._optimizer(torch.optim.AdamW)
-        elif self.s.shard_optimizer:
-            from torch.distributed.optim import ZeroRedundancyOptimizer
-            self.opt = self._optimizer(ZeroRedundancyOptimizer, optimizer_class=torch.optim.AdamW)
+        self.strategy = data_parallel.build_strategy(self)
+        self.strategy.setup()
         return rank
 
     def _with_peers(self, method: str):
@@ -130,17 +128,19 @@ class Learner(PolicyUpdate, Checkpoints):
     def whole_parameters(self) -> list[tuple[str, torch.Tensor]]:
         """(name, whole tensor) per parameter of the policy the samplers run; sharded ones are
         all-gathered (a collective). With LoRA: the base model's parameters, adapters merged."""
-        if self.s.lora is not None:
-            from actors.lora import merged_parameters
-            return merged_parameters(self.model, data_parallel.gathered)
-        return [(name, data_parallel.gathered(p)) for name, p in self.model.named_parameters()]
+        with self.strategy.whole():
+            if self.s.lora is not None:
+                from actors.lora import merged_parameters
+                return merged_parameters(self.model, self.strategy.whole_value)
+            return [(name, self.strategy.whole_value(p)) for name, p in self.model.named_parameters()]
 
     def exported_layout(self) -> list[tuple[str, torch.Tensor]]:
         """(name, parameter) in ``whole_parameters``' order and names, without gathering anything."""
+        named = [(name, self.strategy.described(p)) for name, p in self.model.named_parameters()]
         if self.s.lora is not None:
             from actors.lora import export_layout
-            return export_layout(self.model.named_parameters())
-        return list(self.model.named_parameters())
+            return export_layout(named)
+        return named
 
     # --- weights out ------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 A checkpoint directory holds
 
-- ``model.safetensors``: the fp32 master weights (whole tensors in every data-parallel layout);
+- ``model.safetensors``: the fp32 master weights (whole tensors under every ``learner.strategy``);
   absent while the policy is still the base model (version 0): ``learner.json`` then says
   ``"weights": "base"`` and loading takes them from the model the learner was built with;
 - ``adapters.safetensors`` instead, for a LoRA learner (``learner.lora``): the adapters alone, the
@@ -31,20 +31,18 @@ ADAPTERS = "adapters.safetensors"      # a LoRA learner's checkpoint: its adapte
 
 
 class Checkpoints:
-    """``self`` has ``model``, ``opt``, ``s``, ``rank``, ``world_size``, ``peers``, ``version``."""
+    """``self`` has ``model``, ``strategy``, ``s``, ``rank``, ``world_size``, ``peers``, ``version``."""
 
-    def checkpoint_state(self) -> tuple[dict, dict | None]:
+    def checkpoint_state(self) -> tuple[dict, dict]:
         """(model state, optimizer state) whole, laid out as one process has them (a collective
-        when sharded; the optimizer state is rank 0's only under ZeRO-1)."""
-        state = self.model.state_dict()
-        if self.s.lora is not None:
-            from actors.lora import adapter_state
-            state = adapter_state(state)
-        model = {k: data_parallel.gathered(v) for k, v in state.items()}
-        if self.s.shard_optimizer and self.world_size > 1:
-            self.opt.consolidate_state_dict(to=0)
-            return model, self.opt.state_dict() if self.rank == 0 else None
-        return model, data_parallel.gathered_state(self.opt.state_dict())
+        when sharded)."""
+        with self.strategy.whole():
+            state = self.model.state_dict()
+            if self.s.lora is not None:
+                from actors.lora import adapter_state
+                state = adapter_state(state)
+            model = {k: self.strategy.whole_value(v) for k, v in state.items()}
+        return model, self.strategy.optimizer_state()
 
     def save(self, directory: str) -> None:
         """Write weights, version and resume state into ``directory`` (the caller renames it into
@@ -130,18 +128,12 @@ class Checkpoints:
         return base.state_dict()
 
     def _load_weights(self, whole: dict, path: Path) -> None:
-        current = self.model.state_dict()
-        missing, unexpected = self.model.load_state_dict(
-            {k: data_parallel.sharded_like(v, current.get(k)) for k, v in whole.items()}, strict=False)
+        missing, unexpected = self.strategy.load_weights(whole)
         if unexpected or [m for m in missing if m != "lm_head.weight"]:
             raise ValueError(f"checkpoint {path} does not match the model: missing {missing[:3]}, "
                              f"unexpected {unexpected[:3]}")
 
     def _load_trainer_state(self, state: dict) -> None:
-        optimizer = state["optimizer"]
-        if self.s.shard_weights and self.world_size > 1:
-            optimizer = data_parallel.shard_optimizer_state(
-                optimizer, [p for group in self.opt.param_groups for p in group["params"]])
-        self.opt.load_state_dict(optimizer)
+        self.strategy.load_optimizer_state(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])

@@ -17,6 +17,10 @@ class LoraSettings(BaseModel):
     dropout: float = Field(0.0, ge=0, lt=1)
 
 
+REPLACED = {"shard_weights": "learner.strategy: fsdp2",
+            "shard_optimizer": "learner.strategy: deepspeed with learner.zero_stage: 1"}
+
+
 class UpdateRule(BaseModel):
     """How the learner updates the policy: the ``learner:`` config section's algorithm keys (the
     config adds where the learner runs). Every default is defined here, once."""
@@ -44,17 +48,34 @@ class UpdateRule(BaseModel):
                                      "samples of an older policy; train.mode async sets 2 if unset")
     threads: Optional[int] = Field(None, ge=1)
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward: memory for time")
-    shard_optimizer: bool = Field(False, description="learner.workers > 1: ZeRO-1, each rank keeps "
-                                  "the optimizer state of its share of the parameters")
-    shard_weights: bool = Field(False, description="learner.workers > 1: FSDP2, each rank keeps 1/N "
-                                "of every parameter, its gradient and its optimizer state")
+    strategy: Literal["ddp", "fsdp2", "deepspeed"] = Field(
+        "ddp", description="learner.workers > 1: how the ranks hold the model — ddp: whole on every "
+        "rank, gradients all-reduced; fsdp2: each rank keeps 1/N of every parameter, gradient and "
+        "Adam state; deepspeed: ZeRO of learner.zero_stage")
+    zero_stage: Optional[Literal[1, 2, 3]] = Field(
+        None, description="strategy deepspeed: 1 shards the Adam state, 2 also the gradients, 3 also "
+        "the weights; default 2")
     lora: Optional[LoraSettings] = Field(None, description="train low-rank adapters instead of the weights")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_keys(cls, data):
+        """The booleans ``strategy`` replaced: a config naming them says what to write instead."""
+        if isinstance(data, dict):
+            for key, instead in REPLACED.items():
+                if key in data:
+                    raise ValueError(f"learner.{key} was replaced by {instead}")
+            if data.get("strategy") == "deepspeed" and data.get("zero_stage") is None:
+                data = {**data, "zero_stage": 2}
+        return data
+
     @model_validator(mode="after")
-    def _one_sharding(self) -> "UpdateRule":
-        if self.shard_weights and self.shard_optimizer:
-            raise ValueError("learner.shard_weights already shards the optimizer state; "
-                             "drop learner.shard_optimizer")
+    def _strategy_fits(self) -> "UpdateRule":
+        if self.zero_stage is not None and self.strategy != "deepspeed":
+            raise ValueError(f"learner.zero_stage is DeepSpeed's; learner.strategy is {self.strategy} "
+                             "(set learner.strategy: deepspeed, or drop zero_stage)")
+        if self.strategy == "deepspeed" and self.lora is not None:
+            raise ValueError("learner.lora trains with learner.strategy ddp or fsdp2, not deepspeed")
         return self
 
     @field_validator("advantage", "policy_loss", "kl_estimator", "aggregation")

@@ -21,8 +21,9 @@ micro-batches hold as many tokens each.)
 
 Data parallel: rank 0 plans the split (mini-batches, then each one's groups over the ranks) and
 every rank runs the same mini-batches in the same order, so every rank takes the same number of
-optimizer steps; under FSDP each rank tops a mini-batch's micro-batches up with placeholders to
-the busiest rank's count, in the π_old pass as in the update (every forward is a collective).
+optimizer steps; under a lockstep strategy (fsdp2, deepspeed) each rank tops a mini-batch's
+micro-batches up with placeholders to the busiest rank's count, in the π_old pass as in the update
+(every forward and backward is a collective).
 
 Logged per rollout (token means over each step's mini-batch, averaged over the steps):
 ``clip_fraction`` (tokens where the clipped PPO term is the larger loss, veRL's pg_clipfrac),
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from actors import data_parallel, grpo
+from actors import grpo
 from actors.logprobs import Sample, completion_logprobs, prompt_groups
 
 MEANS = ("loss", "kl", "grad_norm", "clip_fraction", "approx_kl", "ratio_mean")   # over the steps
@@ -110,7 +111,7 @@ def combine(parts: list[dict]) -> dict:
 
 
 class PolicyUpdate:
-    """The Learner's update loop; ``self`` has ``model``, ``opt``, ``ref``, ``s`` (settings),
+    """The Learner's update loop; ``self`` has ``model``, ``strategy``, ``ref``, ``s`` (settings),
     ``pad_id``, ``vision``, ``rank``, ``world_size``, ``peers``, ``version``."""
 
     # --- splitting the batch ----------------------------------------------------------------------
@@ -137,12 +138,12 @@ class PolicyUpdate:
         return per_rank
 
     def work(self, samples: list, per_rank: list[list[list[int]]]) -> list[list[MiniBatch]]:
-        """Each rank's ``MiniBatch``es; under FSDP every rank runs the busiest rank's micro-batch count."""
+        """Each rank's ``MiniBatch``es; in lockstep every rank runs the busiest rank's micro-batch count."""
         out = [[] for _ in per_rank]
         for m in range(len(per_rank[0])):
             shares = [[samples[i] for i in mine[m]] for mine in per_rank]
             totals = batch_totals([s for share in shares for s in share])
-            steps = max(len(self.micro_batches(s)) for s in shares) if self.s.shard_weights else 0
+            steps = max(len(self.micro_batches(s)) for s in shares) if self.strategy.lockstep else 0
             for r, share in enumerate(shares):
                 out[r].append(MiniBatch(share, totals, steps))
         return out
@@ -212,7 +213,7 @@ class PolicyUpdate:
     def _forward(self, mb: list) -> tuple[torch.Tensor, torch.Tensor]:
         """Completion log-probs and mask of a micro-batch (a placeholder's mask is all zero)."""
         with self._autocast():
-            logp, mask = completion_logprobs(self.model, mb, self.pad_id, self.s.device, self.vision,
+            logp, mask = completion_logprobs(self.strategy.module, mb, self.pad_id, self.s.device, self.vision,
                                              whole_sequences=self.s.gradient_checkpointing)
         return logp, torch.zeros_like(mask) if mb is self._placeholder() else mask
 
@@ -225,13 +226,10 @@ class PolicyUpdate:
         """One optimizer step on a mini-batch: gradients accumulated over its micro-batches,
         summed across ranks, clipped to ``grad_clip``. ``once`` (first epoch only): the rollout's
         totals and the dict the TIS weights go to."""
-        self.opt.zero_grad(set_to_none=True)
+        self.strategy.zero_grad()
         for k, mb in enumerate(self._batches(mini)):
             self.micro_step(mb, olds[k] if olds else None, mini.totals, acc, once)
-        if self.world_size > 1 and not self.s.shard_weights:    # FSDP reduce-scatters in backward
-            data_parallel.sum_gradients(self.model)
-        acc["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip))
-        self.opt.step()
+        acc["grad_norm"] += self.strategy.step()
 
     def micro_step(self, mb: list, old, totals, acc: dict, once) -> None:
         """Forward, loss and backward of one micro-batch (see the module docstring for the terms)."""
@@ -255,7 +253,7 @@ class PolicyUpdate:
             per_token = per_token + self.s.kl_coef * kl
             acc["kl"] += float(aggregate(kl.detach(), mask, *totals))
         loss = aggregate(per_token, mask, *totals)
-        loss.backward()
+        self.strategy.backward(loss)
         acc["loss"] += float(loss.detach())
         self._ratio_stats(logp, old, adv, mask, totals[0], acc)
         if once and behaviour is not None:

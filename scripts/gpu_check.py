@@ -12,8 +12,10 @@ every check is reported as skipped. The checks:
   the colocated path); outputs change, and restoring the weights restores them.
 - ``vllm_sync_nccl``: the same through an NCCL broadcast group (this process as rank 0).
 - ``static_cache``: Hugging Face generate with a static, compiled KV cache (transformers backend).
-- ``fsdp2_step``: a learner step with the weights fully sharded (FSDP2, NCCL, one rank).
-- ``deepspeed_step``: reported skipped: evoray's learner has no DeepSpeed path yet.
+- ``fsdp2_step``: a learner step with the weights fully sharded (``learner.strategy: fsdp2``,
+  NCCL, one rank).
+- ``deepspeed_step``: the same step under DeepSpeed ZeRO-3 (``learner.strategy: deepspeed``,
+  ``zero_stage: 3``), and the exported weights whole.
 - ``grpo_step_vs_trl``: ``evoray bench grpo-step`` on the GPU beside TRL's GRPOTrainer.
 """
 from __future__ import annotations
@@ -29,8 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 LIMITS = {"vllm_sampling": 75, "vllm_sync_ipc": 75, "vllm_sync_nccl": 75, "static_cache": 60,
-          "fsdp2_step": 45, "deepspeed_step": 5, "grpo_step_vs_trl": 140}    # seconds; < 8 min in all
-PACKAGES = ["vllm>=0.32,<0.33", "deepspeed>=0.15", "trl"]
+          "fsdp2_step": 45, "deepspeed_step": 45, "grpo_step_vs_trl": 140}    # seconds; < 9 min in all
+PACKAGES = ["vllm>=0.32,<0.33", "deepspeed==0.19.8", "trl"]
 
 
 def install(venv: Path, wheels: str | None) -> Path:
@@ -149,22 +151,30 @@ def check_static_cache() -> dict:
     return {"ok": len(out) == 8 * len(PROMPTS), "tokens_per_s": sum(len(c.token_ids) for c in out) / seconds}
 
 
-def check_fsdp2_step() -> dict:
+def sharded_step(**strategy) -> dict:
+    """One learner step on the GPU under ``strategy`` (a one-rank NCCL group); the export whole."""
     import socket
 
     from actors.learner import Learner, LearnerSettings, Sample
-    learner = Learner(LearnerSettings(MODEL, device="cuda", shard_weights=True, autocast="bf16"))
+    learner = Learner(LearnerSettings(MODEL, device="cuda", autocast="bf16", **strategy))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     learner.join(0, 1, ("127.0.0.1", port), [])
     samples = [Sample([1, 2, 3, 4], [5, 6, 7], a, [-1.0, -1.0, -1.0]) for a in (1.0, -1.0, 0.5, -0.5)]
     stats = learner.train_step(samples)
-    return {"ok": learner.policy_version() == 1, "loss": stats.get("loss"), "grad_norm": stats.get("grad_norm")}
+    spec = learner.sync_spec()
+    whole = [tuple(t.shape) for _, t in learner.whole_parameters()] == [shape for _, _, shape in spec]
+    return {"ok": learner.policy_version() == 1 and whole, "loss": stats.get("loss"),
+            "grad_norm": stats.get("grad_norm")}
+
+
+def check_fsdp2_step() -> dict:
+    return sharded_step(strategy="fsdp2")
 
 
 def check_deepspeed_step() -> dict:
-    return {"skipped": "evoray's learner has no DeepSpeed path (FSDP2 and ZeRO-1 are its sharded layouts)"}
+    return sharded_step(strategy="deepspeed", zero_stage=3)
 
 
 def check_grpo_step_vs_trl() -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from actors.learner_settings import LearnerSettings, UpdateRule
 
@@ -87,6 +87,13 @@ class LearnerConfig(ActorResources, UpdateRule):
         "on the learner's GPU, or the Ray object store; auto: between GPUs, broadcast when not "
         "colocated and ipc when colocated")
     sync_bucket_mb: float = Field(256, gt=0, description="broadcast bucket size")
+
+    @model_validator(mode="after")
+    def _strategy_needs_ranks(self) -> "LearnerConfig":
+        if self.strategy != "ddp" and self.workers == 1:
+            raise ValueError(f"learner.strategy: {self.strategy} shards across ranks and needs "
+                             "learner.workers > 1 (one worker takes the plain single-process step)")
+        return self
 
     def settings(self, model: str, sync_dtype: str | None = None, seed: int = 0) -> LearnerSettings:
         """One learner actor's settings: this section's update rule, on its device."""

@@ -34,5 +34,4 @@ def test_each_check_is_a_function_the_script_can_run():
     finally:
         sys.path.pop(0)
     assert all(callable(getattr(gpu_check, f"check_{name}")) for name in gpu_check.LIMITS)
-    assert sum(gpu_check.LIMITS.values()) < 8 * 60       # the whole check fits in 8 minutes
-    assert gpu_check.check_deepspeed_step()["skipped"]
+    assert sum(gpu_check.LIMITS.values()) < 9 * 60       # the whole check fits in 9 minutes

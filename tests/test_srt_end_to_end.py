@@ -105,7 +105,7 @@ def test_data_parallel_learner_through_the_controller(tmp_path):
     (gathering the shards), both ranks load it on resume."""
     run_dir = tmp_path / "run"
     proc = evoray("run", str(SMOKE), "--run-dir", str(run_dir), "--set", "learner.workers=2",
-                  "--set", "learner.num_cpus=0.5", "--set", "learner.shard_weights=true")
+                  "--set", "learner.num_cpus=0.5", "--set", "learner.strategy=fsdp2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = pq.read_table(run_dir / "metrics.parquet").to_pylist()
     trained = [r["step"] for r in rows if r["name"] == "train/groups_trained" and r["value"] > 0]

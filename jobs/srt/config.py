@@ -111,7 +111,9 @@ class AnswerGraderConfig(ActorResources):
 class SRTConfig(JobConfig):
     RESUMABLE_KEYS: ClassVar[tuple[str, ...]] = JobConfig.RESUMABLE_KEYS + (
         "train.steps", "train.checkpoint_every", "train.keep_checkpoints", "eval.every",
-        "early_stopping.*", "collapse.stop", "collapse.enabled", "sampler.threads")
+        "early_stopping.*", "collapse.stop", "collapse.enabled", "sampler.threads",
+        # checkpoints are whole tensors under every strategy (actors/data_parallel.py)
+        "learner.workers", "learner.strategy", "learner.zero_stage")
     job: Literal["srt"] = "srt"
     name: str = "srt"
     model: ModelConfig = ModelConfig()
