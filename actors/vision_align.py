@@ -142,8 +142,6 @@ def align_captions(model, processor, images, captions, spec: AlignSpec, progress
 def align(model, processor, spec: AlignSpec, name: str) -> dict:
     """Both stages on ``spec.scenes`` captioned scenes; returns the last losses."""
     import torch
-
-    from actors.vision import decode_image
     torch.manual_seed(spec.seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)    # small matrices: a second thread costs more in waiting than it adds
@@ -154,11 +152,12 @@ def align(model, processor, spec: AlignSpec, name: str) -> dict:
 
 
 def _align(model, processor, spec: AlignSpec, name: str) -> dict:
-    import torch
+    import io
 
-    from actors.vision import decode_image
+    import torch
+    from PIL import Image
     data = scenes(spec)
-    images = [decode_image(png) for png, _, _ in data]
+    images = [Image.open(io.BytesIO(png)).convert("RGB") for png, _, _ in data]
     pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
     targets = cell_targets(model, processor.tokenizer, [placed for _, _, placed in data])
     progress = Progress(name)
