@@ -31,7 +31,7 @@ class AlignSpec:
     cell_steps: int = 200
     cell_batch: int = 32
     cell_lr: float = 2e-3
-    caption_steps: int = 10
+    caption_steps: int = 60
     caption_batch: int = 8
     caption_lr: float = 3e-4
     seed: int = 0
