@@ -51,10 +51,12 @@ def built(tmp_path_factory):
     from actors import model_loading
     from actors.vision import build_llava
     from actors.vision_align import AlignSpec
+    tokenizer = model_loading.resolve_model("smollm2-135m-instruct")   # converted once, in the usual cache
     cache = tmp_path_factory.mktemp("cache")
+    (cache / "models").mkdir()
+    (cache / "models" / "smollm2-135m-instruct").symlink_to(tokenizer)
     os.environ["EVORAY_CACHE"] = str(cache)
     try:
-        tokenizer = model_loading.resolve_model("smollm2-135m-instruct")
         build_llava(cache / "unaligned", tokenizer, None, AlignSpec(scenes=1, cell_steps=0, caption_steps=0))
         yield {"random": str(cache / "unaligned"), "aligned": model_loading.resolve_model("tiny-llava-aligned")}
     finally:
