@@ -32,7 +32,7 @@ MROPE_MODELS = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
 EMBEDDED_VLMS = {"tiny-llava": ("tiny", None), "smollm2-135m-llava": ("smollm2-135m-instruct", None),
                  "tiny-llava-aligned": ("tiny", AlignSpec(scenes=128, cell_steps=60, caption_steps=8,
                                                           caption_lr=3e-5)),
-                 "smollm2-135m-llava-aligned": ("smollm2-135m-instruct", AlignSpec())}
+                 "smollm2-135m-llava-aligned": ("smollm2-135m-instruct", AlignSpec(lm_lr=2e-5))}
 
 
 def is_vision_checkpoint(path: str) -> bool:

@@ -31,9 +31,10 @@ class AlignSpec:
     cell_steps: int = 200
     cell_batch: int = 32
     cell_lr: float = 2e-3
-    caption_steps: int = 60
+    caption_steps: int = 120
     caption_batch: int = 8
     caption_lr: float = 3e-4
+    lm_lr: float = 0.0          # captions: the language model's learning rate (0: frozen)
     seed: int = 0
 
 
@@ -124,10 +125,22 @@ def caption_loss(model, processor, images, captions):
     return model(**enc, labels=labels).loss
 
 
+def caption_optimizer(model, spec: AlignSpec):
+    """The tower and projector at ``caption_lr``; the language model too, at ``lm_lr``, if above 0."""
+    import torch
+    groups = [{"params": trainable(model), "lr": spec.caption_lr}]
+    if spec.lm_lr > 0:
+        lm = [p for p in model.parameters() if not p.requires_grad]
+        for p in lm:
+            p.requires_grad_(True)
+        groups.append({"params": lm, "lr": spec.lm_lr})
+    return torch.optim.AdamW(groups)
+
+
 def align_captions(model, processor, images, captions, spec: AlignSpec, progress: Progress) -> float:
     import torch
     gen = torch.Generator().manual_seed(spec.seed + 1)
-    opt = torch.optim.AdamW(trainable(model), lr=spec.caption_lr)
+    opt = caption_optimizer(model, spec)
     started, loss = time.monotonic(), torch.tensor(0.0)
     for step in range(1, spec.caption_steps + 1):
         idx = torch.randint(len(images), (spec.caption_batch,), generator=gen).tolist()
