@@ -1,5 +1,5 @@
 """Alignment pretraining of an embedded LLaVA's vision tower and projector on captioned shape
-scenes (``actors/shapes.py``), the language model frozen; the images come from their own seeds
+scenes (``actors/shapes.py``); the images come from their own seeds
 (``caption:{i}``), never MM-UPT's questions, and the text is only the captions.
 
 Two stages, both cheap enough for a CPU (a forward and backward pass through the 135M language
@@ -10,8 +10,9 @@ model is the expensive part, so it gets the fewest steps):
    model's input embeddings of the cell's own caption words: loss = mean_cells ‖proj(cell) −
    (E[colour] + E[shape])‖² (an empty cell: E[" empty"]). No pass through the language model.
 2. **captions** — LLaVA's stage 1: the image tokens followed by the whole scene's caption, next-token
-   cross-entropy on the caption's tokens only, gradients through the frozen language model into the
-   projector and the tower.
+   cross-entropy on the caption's tokens only, gradients through the language model into the
+   projector and the tower. The language model is frozen, or learns lightly at ``lm_lr``: frozen,
+   the 135M model's answers barely depended on the image (docs/mmupt.md has the numbers).
 """
 from __future__ import annotations
 
