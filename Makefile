@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.evoray-installed
 PYTEST  ?= -q
 
-.PHONY: test-quick test-vllm vllm-smoke bench-sampler gpu-check install demo baseline collapse smoke mmupt-demo mmupt-smoke bench-grpo-step dgm-demo dgm-smoke uigenie-demo uigenie-smoke test bench-weight-sync bench-sandbox bench-dgm-scheduler sandbox-image clean
+.PHONY: test-quick test-vllm vllm-smoke bench-sampler gpu-check install demo baseline collapse smoke mmupt-demo mmupt-baseline mmupt-smoke bench-grpo-step dgm-demo dgm-smoke uigenie-demo uigenie-smoke test bench-weight-sync bench-sandbox bench-dgm-scheduler sandbox-image clean
 
 # torch's CPU build where there is no GPU: on Linux a plain `pip install torch` takes the CUDA build
 # (GBs). When the configured indexes / local wheels already resolve torch==$(TORCH) to a +cpu build,
@@ -57,6 +57,9 @@ smoke: $(STAMP)
 
 mmupt-demo: $(STAMP)
 	$(VENV)/bin/evoray run jobs/configs/mmupt-demo.yaml --run-dir runs/mmupt-demo-$$(date +%Y%m%d-%H%M%S)
+
+mmupt-baseline: $(STAMP)
+	$(VENV)/bin/evoray run jobs/configs/mmupt-demo.yaml --set reward.kind=ground_truth --set 'synthesis.modes=[]' --set name=mmupt-demo-labelled --run-dir runs/mmupt-demo-labelled-$$(date +%Y%m%d-%H%M%S)
 
 mmupt-smoke: $(STAMP)
 	$(VENV)/bin/evoray run jobs/configs/mmupt-smoke.yaml

@@ -40,9 +40,9 @@ def resolve_model(name: str) -> str:
     if name in EMBEDDED_VLMS:
         target = cache_root() / "models" / name
         if not (target / "config.json").is_file():
-            text = EMBEDDED_VLMS[name]
+            text, align = EMBEDDED_VLMS[name]
             build_llava(target, resolve_model("smollm2-135m-instruct"),
-                        None if text == "tiny" else resolve_model(text))
+                        None if text == "tiny" else resolve_model(text), align)
         return str(target)
     if name in EMBEDDED_MODELS:
         target = cache_root() / "models" / name

@@ -11,8 +11,10 @@ vLLM and are refused here with a message.
 
 Embedded VLMs, built from a config once and cached like the embedded GGUF model (no download):
 ``tiny-llava`` (a 2-layer random LM, for tests) and ``smollm2-135m-llava`` (SmolLM2-135M-Instruct as
-the language model; both have a random 2-layer CLIP vision tower and projector: they are blind,
-and show the mechanics, not a model's ability to read images).
+the language model) have a random 2-layer CLIP vision tower and projector: they are blind, and
+show the mechanics, not a model's ability to read images. ``smollm2-135m-llava-aligned`` (and ``tiny-llava-aligned``, for tests) sees: its
+tower and projector are aligned on captioned shape scenes at build time (``actors/vision_align.py``),
+the language model frozen.
 """
 from __future__ import annotations
 
@@ -20,10 +22,17 @@ import io
 import json
 from pathlib import Path
 
+from actors.vision_align import AlignSpec
+
 IMAGE_TOKEN = "<image>"
 VISION_SIZE, PATCH = 56, 14                  # 16 image tokens per image
+ALIGNED_SIZE, ALIGNED_PATCH = 48, 16         # 9 image tokens: one per cell of the shape scenes' 3 × 3 grid
 MROPE_MODELS = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
-EMBEDDED_VLMS = {"tiny-llava": "tiny", "smollm2-135m-llava": "smollm2-135m-instruct"}
+# name -> (language model: "tiny" or an embedded text model, the caption alignment run at build time)
+EMBEDDED_VLMS = {"tiny-llava": ("tiny", None), "smollm2-135m-llava": ("smollm2-135m-instruct", None),
+                 "tiny-llava-aligned": ("tiny", AlignSpec(scenes=128, cell_steps=60, caption_steps=8,
+                                                          caption_lr=3e-5)),
+                 "smollm2-135m-llava-aligned": ("smollm2-135m-instruct", AlignSpec(lm_lr=2e-5))}
 
 
 def is_vision_checkpoint(path: str) -> bool:
@@ -35,10 +44,11 @@ def is_vision_checkpoint(path: str) -> bool:
     return getattr(AutoConfig.from_pretrained(path), "vision_config", None) is not None
 
 
-def build_llava(target: Path, tokenizer_path: str, text_path: str | None) -> None:
-    """Write a LLaVA checkpoint + processor at ``target`` (atomic rename): a random tiny CLIP vision
-    tower and projector on the language model at ``text_path`` (None: a random 2-layer Llama),
-    with the tokenizer at ``tokenizer_path``."""
+def build_llava(target: Path, tokenizer_path: str, text_path: str | None, align=None) -> None:
+    """Write a LLaVA checkpoint + processor at ``target`` (atomic rename): a tiny CLIP vision tower
+    and projector on the language model at ``text_path`` (None: a random 2-layer Llama), with the
+    tokenizer at ``tokenizer_path``. The tower and projector are random, or with ``align`` (an
+    ``actors.vision_align.AlignSpec``) aligned on captioned scenes before they are written."""
     import torch
     from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessorPil,
                               CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
@@ -55,8 +65,9 @@ def build_llava(target: Path, tokenizer_path: str, text_path: str | None) -> Non
                                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     else:
         text_config = AutoConfig.from_pretrained(text_path)
-    vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=2, image_size=VISION_SIZE, patch_size=PATCH)
+    size, patch, width = (VISION_SIZE, PATCH, 64) if align is None else (ALIGNED_SIZE, ALIGNED_PATCH, 128)
+    vision = CLIPVisionConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+                              num_attention_heads=2, image_size=size, patch_size=patch)
     config = LlavaConfig(vision_config=vision, text_config=text_config,
                          image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
                          vision_feature_select_strategy="default", vision_feature_layer=-1,
@@ -66,11 +77,13 @@ def build_llava(target: Path, tokenizer_path: str, text_path: str | None) -> Non
         lm = AutoModelForCausalLM.from_pretrained(text_path, dtype=torch.float32)
         model.model.language_model.load_state_dict(lm.model.state_dict())
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": VISION_SIZE},
-                                            crop_size={"height": VISION_SIZE, "width": VISION_SIZE})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH,
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
                                vision_feature_select_strategy="default", image_token=IMAGE_TOKEN,
                                num_additional_image_tokens=1, chat_template=tokenizer.chat_template)
+    if align is not None:
+        from actors.vision_align import align as align_on_captions
+        align_on_captions(model, processor, align, target.name)
     save_pretrained_atomically(target, model, processor)
 
 

@@ -10,7 +10,7 @@ def check_model(name: str, key: str = "model.name") -> str:
     of an embedded model happens (and says so) before any actor waits on it."""
     from actors.model_loading import needs_conversion, resolve_model
     if needs_conversion(name):
-        print(f"converting the embedded model {name} once (~1-2 min) …", flush=True)
+        print(f"building the embedded model {name} once (~1-7 min) …", flush=True)
     try:
         return resolve_model(name)
     except FileNotFoundError as e:

@@ -6,38 +6,13 @@ None where unlabelled. As in SRT, training never reads ``answer`` (only evaluati
 """
 from __future__ import annotations
 
-import io
 import random
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from actors.shapes import COLOURS, SHAPES, draw_shapes, random_items
 from jobs.srt.data import _split_of
-
-SHAPES = ("circle", "square", "triangle")
-COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220)}
-
-
-def draw_shapes(items: list[tuple[str, str]], size: int, rng: random.Random) -> bytes:
-    """A white PNG with one (shape, colour) per item, on a grid so that none overlap."""
-    from PIL import Image, ImageDraw
-    img = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(img)
-    cells = 3
-    step = size // cells
-    for (shape, colour), cell in zip(items, rng.sample(range(cells * cells), len(items))):
-        x0, y0 = (cell % cells) * step + step // 6, (cell // cells) * step + step // 6
-        x1, y1 = x0 + step * 2 // 3, y0 + step * 2 // 3
-        fill = COLOURS[colour]
-        if shape == "circle":
-            draw.ellipse((x0, y0, x1, y1), fill=fill)
-        elif shape == "square":
-            draw.rectangle((x0, y0, x1, y1), fill=fill)
-        else:
-            draw.polygon([((x0 + x1) // 2, y0), (x0, y1), (x1, y1)], fill=fill)
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
 
 
 def shape_tasks(split: str, limit: int, seed: int, fractions: dict[str, float], template: str,
@@ -50,7 +25,7 @@ def shape_tasks(split: str, limit: int, seed: int, fractions: dict[str, float], 
         if _split_of(key, fractions) != split:
             continue
         rng = random.Random(key)
-        items = [(rng.choice(SHAPES), rng.choice(list(COLOURS))) for _ in range(rng.randint(1, 6))]
+        items = random_items(rng)
         kind = rng.choice(["all", "shape", "colour"])
         if kind == "all":
             question, answer = "How many shapes are in the image?", len(items)
