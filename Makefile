@@ -64,7 +64,7 @@ mmupt-baseline: $(STAMP)
 mmupt-smoke: $(STAMP)
 	$(VENV)/bin/evoray run jobs/configs/mmupt-smoke.yaml
 
-# one GPU: the issue's 0.4B shape; on a CPU try `evoray bench grpo-step --preset tiny`
+# one GPU: a 0.4B Qwen2 shape; on a CPU try `evoray bench grpo-step --preset tiny`
 bench-grpo-step: $(STAMP)
 	$(VENV)/bin/evoray bench grpo-step
 

@@ -4,9 +4,9 @@ and weight sync, on a Qwen2-shaped model built from a config with random weights
 Next to it: Hugging Face TRL's ``GRPOTrainer`` on the same model, batch and lengths (when ``trl``
 is installed; its ``generate`` is timed separately), and the decode roofline: the bytes one decoding
 step must read (all weights, plus the KV cache of every sequence) over the memory bandwidth measured
-here with a large copy. Every completion is forced to full length (no EOS), as in the issue's setup.
+here with a large copy. Every completion is forced to full length (no EOS), as in the benchmark's specification.
 
-The ``qwen2-0.4b`` preset is the issue's shape (hidden 896, 24 layers, 14/2 heads, intermediate
+The ``qwen2-0.4b`` preset is the benchmarked shape (hidden 896, 24 layers, 14/2 heads, intermediate
 4864, vocab 32,000); ``tiny`` runs the same code in seconds on a CPU.
 """
 from __future__ import annotations
