@@ -92,24 +92,32 @@ class WeightSync:
                    for s, first in zip(self.samplers, firsts)])
         self.group_open = True
 
-    def _members_in_group(self) -> bool:
-        """Whether every sampler still holds its place in the group; one restarted since (a new
-        process) does not, and a broadcast to it would leave the others waiting."""
+    def _restarted_samplers(self, attempt: int) -> bool:
+        """Whether a sampler restarted (a new process, out of the group) since the group formed; a
+        broadcast to it would leave the others waiting. No call saw such a restart (the sampler
+        died between calls, or during a sync), so each is reported here as ``actor_restarted``."""
         import ray
         for sampler in self.samplers:
             wait_for_restart(sampler, self.restart_timeout_s)
-        return all(ray.get([s.in_weight_group.remote() for s in self.samplers]))
+        inside = ray.get([s.in_weight_group.remote() for s in self.samplers])
+        for i in (i for i, ok in enumerate(inside) if not ok):
+            self.on_event("actor_restarted", role="sampler", actor=f"sampler-{i}", attempt=attempt,
+                          error="restarted since the weight group formed")
+        return not all(inside)
 
     def _broadcast(self) -> tuple[int, int]:
         """One broadcast of the learner's weights. A sampler restarted since the last one gets a
         new group first; a member lost during a broadcast leaves the others waiting until the
         group's timeout, then costs a new group and another try (up to ``max_retries``)."""
         import ray
+        failed = False                    # a broadcast failed: the group is unusable, restarts or not
         for attempt in range(self.max_retries + 1):
             try:
-                if not self.group_open or not self._members_in_group():
-                    if self.group_open:
+                if self.group_open and (self._restarted_samplers(attempt + 1) or failed):
+                    if not failed:
                         self.on_event("weight_group_reformed", attempt=attempt + 1, error="a sampler restarted")
+                    self.group_open = False
+                if not self.group_open:
                     self.open_group()
                 version = ray.get(self.learner.policy_version.remote())
                 sent = self.learner.broadcast_weights.remote()
@@ -118,7 +126,7 @@ class WeightSync:
             except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
                 if attempt == self.max_retries:
                     raise
-                self.group_open = False
+                failed = True
                 self.on_event("weight_group_reformed", attempt=attempt + 1, error=describe(e))
                 for sampler in self.samplers:
                     wait_for_restart(sampler, self.restart_timeout_s)
