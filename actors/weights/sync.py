@@ -30,6 +30,7 @@ class WeightSync:
     weights: Any = None               # the latest packed weights ([ObjectRef]), for restarted samplers
     shared: Any = None                # the latest SharedWeights (ipc), for restarted samplers
     group_open: bool = False
+    names: list = None                # the samplers' actor names, for events (else sampler-I)
 
     def sync(self) -> dict[str, float]:
         """Returns the version, MB and MB/s."""
@@ -101,7 +102,8 @@ class WeightSync:
             wait_for_restart(sampler, self.restart_timeout_s)
         inside = ray.get([s.in_weight_group.remote() for s in self.samplers])
         for i in (i for i, ok in enumerate(inside) if not ok):
-            self.on_event("actor_restarted", role="sampler", actor=f"sampler-{i}", attempt=attempt,
+            self.on_event("actor_restarted", role="sampler", attempt=attempt,
+                          actor=self.names[i] if self.names else f"sampler-{i}",
                           error="restarted since the weight group formed")
         return not all(inside)
 

@@ -44,8 +44,15 @@ class Roles:
     def __post_init__(self):
         self.weights = WeightSync(
             self.learner, self.samplers, self.transport, self.bucket_mb,
-            get=lambda i, ref, call: self._get("sampler", i, ref, call), on_event=self.on_event,
-            max_retries=self.max_retries, restart_timeout_s=self.restart_timeout_s)
+            get=lambda i, ref, call: self._get("sampler", i, ref, call), on_event=self._sync_event,
+            max_retries=self.max_retries, restart_timeout_s=self.restart_timeout_s,
+            names=self.names.get("sampler"))
+
+    def _sync_event(self, kind: str, **fields) -> None:
+        """The weight sync's events; a sampler restart it found counts as one of the run's restarts."""
+        if kind == "actor_restarted":
+            self.restarts += 1
+        self.on_event(kind, **fields)
 
     @property
     def version(self) -> int:
