@@ -211,9 +211,6 @@ class RewardModel:
         return torch.cat([context, goal, action, goal * action], dim=-1)
 
     # ---- head -----------------------------------------------------------------------------------
-    def _new_head(self) -> Head:
-        return new_head(self.feature_size, self.settings)
-
     def _trained_head(self) -> Head:
         if self.head is None:
             raise RuntimeError("reward model head is not trained: call fit() or load() first")
@@ -235,17 +232,11 @@ class RewardModel:
         """
         y = _check_labels(inputs, labels)
         x = self.features(inputs)
-        n, n_pos = len(y), int(y.sum())
-        pos_weight = resolve_pos_weight(self.settings.pos_weight, n_pos, n - n_pos)
         epochs = self.settings.epochs if epochs is None else epochs
         if epochs < 1:
             raise ValueError(f"epochs must be ≥ 1, got {epochs}")
-        head = self._new_head()
-        head.set_normaliser(x)
-        losses = fit_head(head, x, y, pos_weight, self.settings, epochs)
-        self.head = head.eval()
-        return {"loss_first": losses[0], "loss_last": losses[-1], "n": n, "n_pos": n_pos,
-                "pos_weight": pos_weight, "one_class": n_pos in (0, n), "epochs": epochs}
+        self.head, stats = train_fresh_head(x, y, self.settings, epochs)
+        return stats
 
     def load_files(self, files: dict[str, bytes]) -> None:
         """A saved head (``save``'s files by name, e.g. a Ray Train checkpoint's) into this model."""
@@ -325,6 +316,21 @@ def new_head(feature_size: int, settings: RewardModelSettings) -> Head:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         return Head(feature_size, settings.head_hidden)
+
+
+def train_fresh_head(x: torch.Tensor, y: torch.Tensor, s: RewardModelSettings, epochs: int,
+                     wrap=lambda head: head, rank: int = 0, world: int = 1) -> tuple[Head, dict]:
+    """A new seeded head, standardised by ``x``'s mean/std, trained by ``fit_head`` (through
+    ``wrap``, e.g. DDP, on the wrapped module's device); (the head on the CPU, in eval mode; stats)."""
+    n, n_pos = len(y), int(y.sum())
+    pos_weight = resolve_pos_weight(s.pos_weight, n_pos, n - n_pos)
+    head = new_head(x.shape[1], s)
+    head.set_normaliser(x)
+    model = wrap(head)
+    device = next(model.parameters()).device
+    losses = fit_head(model, x.to(device), y.to(device), pos_weight, s, epochs, rank, world)
+    return head.cpu().eval(), {"loss_first": losses[0], "loss_last": losses[-1], "n": n, "n_pos": n_pos,
+                               "pos_weight": pos_weight, "one_class": n_pos in (0, n), "epochs": epochs}
 
 
 def fit_head(head: nn.Module, x: torch.Tensor, y: torch.Tensor, pos_weight: float,

@@ -24,8 +24,7 @@ def train_head(config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from actors.reward_model.model import (RewardModelSettings, fit_head, new_head, resolve_pos_weight,
-                                           write_head)
+    from actors.reward_model.model import RewardModelSettings, train_fresh_head, write_head
     from actors.sft import fail_once
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -34,19 +33,11 @@ def train_head(config: dict) -> None:
     s = RewardModelSettings(**config["settings"])
     x = ray.get(config["features"][0]).float()
     y = torch.tensor([float(v) for v in config["labels"]])
-    n, n_pos = len(y), int(y.sum())
-    pos_weight = resolve_pos_weight(s.pos_weight, n_pos, n - n_pos)
-    head = new_head(x.shape[1], s)
-    head.set_normaliser(x)
-    model = ray.train.torch.prepare_model(head)            # onto this worker's device; DDP when W > 1
-    device = ray.train.torch.get_device()
-    losses = fit_head(model, x.to(device), y.to(device), pos_weight, s, config["epochs"], rank, world)
-    head = head.cpu()
-    metrics = {"loss_first": losses[0], "loss_last": losses[-1], "n": n, "n_pos": n_pos,
-               "pos_weight": pos_weight, "epochs": config["epochs"]}
+    # DDP when W > 1, onto this worker's device
+    head, metrics = train_fresh_head(x, y, s, config["epochs"], ray.train.torch.prepare_model, rank, world)
     if rank != 0:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory(prefix="evoray-rm-head-") as tmp:
-        write_head(Path(tmp), head.eval(), x.shape[1], s)
+        write_head(Path(tmp), head, x.shape[1], s)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
