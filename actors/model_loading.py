@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 from actors.storage import save_pretrained_atomically
@@ -36,13 +37,14 @@ def embedded_gguf(name: str) -> Path:
 
 def resolve_model(name: str) -> str:
     """Return a path or hub id that ``from_pretrained`` accepts; converts embedded GGUF once."""
-    from actors.vision import EMBEDDED_VLMS, build_llava
+    from actors.vision import EMBEDDED_VLMS, build_llava, build_recipe, is_current_build
     if name in EMBEDDED_VLMS:
         target = cache_root() / "models" / name
-        if not (target / "config.json").is_file():
+        if not is_current_build(name, target):
+            discard_stale(target)
             text, align = EMBEDDED_VLMS[name]
             build_llava(target, resolve_model("smollm2-135m-instruct"),
-                        None if text == "tiny" else resolve_model(text), align)
+                        None if text == "tiny" else resolve_model(text), align, build_recipe(name))
         return str(target)
     if name in EMBEDDED_MODELS:
         target = cache_root() / "models" / name
@@ -81,11 +83,26 @@ def check_hub_model(repo: str) -> None:
 
 
 def needs_conversion(name: str) -> bool:
-    """True when ``resolve_model(name)`` will first build an embedded model (a minute or two)."""
-    from actors.vision import EMBEDDED_VLMS
-    if name in EMBEDDED_MODELS or name in EMBEDDED_VLMS:
+    """True when ``resolve_model(name)`` will first build an embedded model (a minute or two), or
+    build it again because the cached one was built with another recipe."""
+    from actors.vision import EMBEDDED_VLMS, is_current_build
+    if name in EMBEDDED_VLMS:
+        return not is_current_build(name, cache_root() / "models" / name)
+    if name in EMBEDDED_MODELS:
         return not (cache_root() / "models" / name / "config.json").is_file()
     return False
+
+
+def discard_stale(target: Path) -> None:
+    """Move a stale cached build out of the way (one rename, so readers see the old build or
+    none, never half of one), then delete it."""
+    if not target.exists():
+        return
+    import shutil
+    stale = target.with_name(f".{target.name}-stale-{os.getpid()}")
+    print(f"{target.name}: the cached build is of an older recipe; building it again", file=sys.stderr, flush=True)
+    target.rename(stale)
+    shutil.rmtree(stale, ignore_errors=True)
 
 
 def convert_gguf(gguf: Path, target: Path) -> None:

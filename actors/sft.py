@@ -102,12 +102,35 @@ def train_sft(config: dict) -> None:
     device = ray.train.torch.get_device()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config["lr"])
     rows = [Sample(list(p), list(t), 1.0) for p, t in ray.get(config["rows"][0])]
+    progress = StepProgress(sum(len(e) for e in config["plan"][done:]), rank)
     for epoch in range(done, len(config["plan"])):
         for idx in config["plan"][epoch]:
             losses.append(sft_step(model, opt, [rows[i] for i in idx], rank, world, pad_id,
                                    config["micro_batch_tokens"], config["grad_clip"], device))
+            progress(epoch + 1, len(config["plan"]), losses[-1])
         report(model, rank, {"epoch": epoch + 1, "losses": losses, "version": config["version"]})
         fail_once(config.get("fail_once"))
+
+
+class StepProgress:
+    """Rank 0 prints a line at most every ``every`` seconds (and at the last step): the epoch, the
+    steps done, the loss and the time left at the pace so far. A run of minutes is not silent."""
+
+    def __init__(self, steps: int, rank: int, every: float = 30.0):
+        import time
+        self.steps, self.rank, self.every, self.done = steps, rank, every, 0
+        self.started = self.last = time.monotonic()
+
+    def __call__(self, epoch: int, epochs: int, loss: float) -> None:
+        import time
+        self.done += 1
+        now = time.monotonic()
+        if self.rank != 0 or (now - self.last < self.every and self.done != self.steps):
+            return
+        self.last = now
+        left = (now - self.started) / self.done * (self.steps - self.done)
+        print(f"fine-tuning: epoch {epoch}/{epochs}, step {self.done}/{self.steps}, loss {loss:.3f}, "
+              f"~{left:.0f} s left", flush=True)
 
 
 def start_model(config: dict):

@@ -35,6 +35,34 @@ EMBEDDED_VLMS = {"tiny-llava": ("tiny", None), "smollm2-135m-llava": ("smollm2-1
                  "smollm2-135m-llava-aligned": ("smollm2-135m-instruct", AlignSpec(lm_lr=2e-5))}
 
 
+BUILD_FILE = "evoray-build.json"      # the recipe an embedded VLM was built with
+
+
+def build_recipe(name: str) -> dict:
+    """What an embedded VLM's build depends on; a cached build with another recipe is stale."""
+    from dataclasses import asdict
+
+    from actors.vision_align import RECIPE
+    text, align = EMBEDDED_VLMS[name]
+    return {"language_model": text, "align": None if align is None else {**asdict(align), "recipe": RECIPE}}
+
+
+def is_current_build(name: str, target: Path) -> bool:
+    recipe = target / BUILD_FILE
+    return (target / "config.json").is_file() and recipe.is_file() and \
+        json.loads(recipe.read_text()) == build_recipe(name)
+
+
+class _Recipe:
+    """Written beside the weights by ``save_pretrained_atomically``, so it lands with them."""
+
+    def __init__(self, recipe: dict):
+        self.recipe = recipe
+
+    def save_pretrained(self, directory) -> None:
+        (Path(directory) / BUILD_FILE).write_text(json.dumps(self.recipe, indent=1) + "\n")
+
+
 def is_vision_checkpoint(path: str) -> bool:
     """A config with a ``vision_config`` (LLaVA, Qwen2-VL, Gemma 3, …)."""
     config = Path(path) / "config.json"
@@ -44,11 +72,13 @@ def is_vision_checkpoint(path: str) -> bool:
     return getattr(AutoConfig.from_pretrained(path), "vision_config", None) is not None
 
 
-def build_llava(target: Path, tokenizer_path: str, text_path: str | None, align=None) -> None:
+def build_llava(target: Path, tokenizer_path: str, text_path: str | None, align=None,
+                recipe: dict | None = None) -> None:
     """Write a LLaVA checkpoint + processor at ``target`` (atomic rename): a tiny CLIP vision tower
     and projector on the language model at ``text_path`` (None: a random 2-layer Llama), with the
     tokenizer at ``tokenizer_path``. The tower and projector are random, or with ``align`` (an
-    ``actors.vision_align.AlignSpec``) aligned on captioned scenes before they are written."""
+    ``actors.vision_align.AlignSpec``) aligned on captioned scenes before they are written.
+    ``recipe`` (``build_recipe``) is written beside them."""
     import torch
     from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessorPil,
                               CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
@@ -84,7 +114,7 @@ def build_llava(target: Path, tokenizer_path: str, text_path: str | None, align=
     if align is not None:
         from actors.vision_align import align as align_on_captions
         align_on_captions(model, processor, align, target.name)
-    save_pretrained_atomically(target, model, processor)
+    save_pretrained_atomically(target, model, processor, *([_Recipe(recipe)] if recipe else []))
 
 
 def decode_image(data: bytes):

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from actors.shapes import CELLS, captioned_scene
 
 SCENE_SIZE = 96                 # MM-UPT's shapes image side (data.image_size's default)
+# bump when the captions (actors/shapes.py) or the stages change: a cached build of another
+# recipe is then built again rather than silently used (actors/vision.py, ``build_recipe``)
+RECIPE = 1
 EMPTY = " empty"
 
 

@@ -63,7 +63,7 @@ def fit(fn: Callable[[dict], None], config: dict, section, storage: str, kind: s
     name = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     start = time.perf_counter()
     try:
-        result = build_trainer(fn, config, section, storage, name).fit()
+        result = fit_off_the_main_thread(build_trainer(fn, config, section, storage, name))
     except TrainingFailedError as e:
         cause = " ".join(str(e).split())[:600]
         raise RuntimeError(f"Ray Train run {name} ({kind}) failed after "
@@ -71,6 +71,31 @@ def fit(fn: Callable[[dict], None], config: dict, section, storage: str, kind: s
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run {name} ({kind}) ended without reporting a checkpoint")
     return TrainRun(name, dict(result.metrics or {}), result.checkpoint, time.perf_counter() - start)
+
+
+def fit_off_the_main_thread(trainer):
+    """``trainer.fit()`` in a daemon thread, its result or error here.
+
+    On the main thread ``fit`` installs a SIGINT handler of its own that aborts the Ray Train run
+    and stays installed after it returns, so Ctrl-C would no longer stop the evoray run around it
+    (measured: a UI-Genie run went on exploring). Off the main thread it installs none; Ctrl-C
+    raises here, the run stops as everywhere else, and the Ray Train controller and workers,
+    owned by this driver, go with it."""
+    import threading
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["result"] = trainer.fit()
+        except BaseException as e:          # handed to the caller, on its thread
+            out["error"] = e
+    thread = threading.Thread(target=run, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=0.5)            # a bounded wait: signals reach the main thread
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
 
 
 def checkpoint_files(checkpoint) -> dict[str, bytes]:

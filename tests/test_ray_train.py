@@ -63,8 +63,11 @@ def test_rm_head_on_two_workers_with_a_failed_attempt_is_the_one_process_head(ra
     """Each mini-batch dealt over 2 DDP ranks (rank 1 gets 13 of the last 26 rows) is the same step
     as one process's (``fit_head``, what a single worker runs); the first attempt fails, the worker
     group is restarted and the head still comes back, in ``RewardModel.save``'s layout."""
+    import signal
     marker = tmp_path / "failed-once"
+    handler = signal.getsignal(signal.SIGINT)
     state, run, meta = train_rm_head(ray_session, tmp_path, workers=2, fail_once=str(marker))
+    assert signal.getsignal(signal.SIGINT) is handler, "Ray Train's SIGINT handler outlived the run"
     assert marker.is_file(), "the first attempt did not run"
     assert meta["feature_size"] == 12 and meta["settings"]["head_hidden"] == 8
     expected, losses = one_process_head(*rm_data(), 15)
@@ -157,3 +160,35 @@ def test_sft_rank_gradients_average_to_the_batch_gradient(tiny_lm):
         assert sum(parts) == pytest.approx(whole, rel=1e-5)
         for one, *ranks in zip(grads(models[0]), grads(models[1]), grads(models[2])):
             torch.testing.assert_close(sum(ranks) / 2, one, rtol=1e-4, atol=1e-6)
+
+
+def test_ctrl_c_during_a_fit_stops_the_caller():
+    """What Ray Train's ``fit`` does with SIGINT on the main thread (a handler of its own that
+    outlives the run) must not happen to evoray's Ctrl-C: the fit runs off the main thread, and
+    a SIGINT during it raises KeyboardInterrupt in the caller within a second."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from services.ray_train import fit_off_the_main_thread
+
+    class Trainer:          # installs a handler where Ray Train would, then trains for 30 s
+        def fit(self):
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, lambda *_: None)
+            time.sleep(30)
+
+    handler = signal.getsignal(signal.SIGINT)
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        fit_off_the_main_thread(Trainer())
+    assert time.monotonic() - start < 2.0
+    assert signal.getsignal(signal.SIGINT) is handler
+
+    class Failing:
+        def fit(self):
+            raise ValueError("worker said no")
+    with pytest.raises(ValueError, match="worker said no"):
+        fit_off_the_main_thread(Failing())

@@ -95,3 +95,27 @@ def test_the_build_is_cached(built, monkeypatch):
     monkeypatch.setattr(vision_align, "align", lambda *a, **k: pytest.fail("aligned again"))
     assert not model_loading.needs_conversion("tiny-llava-aligned")
     assert model_loading.resolve_model("tiny-llava-aligned") == built["aligned"]
+
+
+def test_a_build_of_another_recipe_is_built_again(tmp_path, monkeypatch):
+    """A cached embedded VLM records its recipe; when the recipe changes (other captions, other
+    steps) the next run builds it again instead of silently using the old weights."""
+    import json
+
+    from actors import model_loading
+    from actors.vision import BUILD_FILE, build_recipe
+    tokenizer = model_loading.resolve_model("smollm2-135m-instruct")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "smollm2-135m-instruct").symlink_to(tokenizer)
+    monkeypatch.setenv("EVORAY_CACHE", str(tmp_path))
+    path = model_loading.resolve_model("tiny-llava")
+    recipe = tmp_path / "models" / "tiny-llava" / BUILD_FILE
+    assert json.loads(recipe.read_text()) == build_recipe("tiny-llava")
+    assert not model_loading.needs_conversion("tiny-llava")
+    recipe.write_text(json.dumps({"language_model": "tiny", "align": {"recipe": 0}}))
+    (tmp_path / "models" / "tiny-llava" / "marker").write_text("old build")
+    assert model_loading.needs_conversion("tiny-llava")
+    assert model_loading.resolve_model("tiny-llava") == path
+    assert json.loads(recipe.read_text()) == build_recipe("tiny-llava")
+    assert not (tmp_path / "models" / "tiny-llava" / "marker").exists()
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["smollm2-135m-instruct", "tiny-llava"]
