@@ -38,7 +38,8 @@ def main(n: int) -> None:
     path = resolve_model("smollm2-135m-instruct")
     tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
     pass1 = maj = 0.0
-    for prompt, answer in shape_questions(n):
+    questions = shape_questions(n)
+    for prompt, answer in questions:
         text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                        tokenize=False)
         enc = tok(text, return_tensors="pt")
@@ -50,8 +51,9 @@ def main(n: int) -> None:
         votes = Counter(a for a in answers if a is not None)
         pass1 += sum(a == answer for a in answers) / len(answers)
         maj += bool(votes) and votes.most_common(1)[0][0] == answer
+    common, count = Counter(a for _, a in questions).most_common(1)[0]
     print(f"smollm2-135m-instruct, told what each image holds, {n} held-out counting questions: "
-          f"pass@1 {pass1 / n:.3f}, maj@8 {maj / n:.3f}")
+          f"pass@1 {pass1 / n:.3f}, maj@8 {maj / n:.3f}; always answering {common}: {count / n:.3f}")
 
 
 if __name__ == "__main__":
