@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from contextlib import nullcontext
 from pathlib import Path
@@ -129,8 +130,9 @@ class StepProgress:
             return
         self.last = now
         left = (now - self.started) / self.done * (self.steps - self.done)
+        # to the worker's own stdout: Ray Train's patched print would log it and echo it, twice
         print(f"fine-tuning: epoch {epoch}/{epochs}, step {self.done}/{self.steps}, loss {loss:.3f}, "
-              f"~{left:.0f} s left", flush=True)
+              f"~{left:.0f} s left", file=sys.__stdout__, flush=True)
 
 
 def start_model(config: dict):
