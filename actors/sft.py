@@ -25,10 +25,13 @@ import json
 import os
 import sys
 import tempfile
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+
+from actors.progress_line import ProgressLine
 
 WEIGHTS, META = "model.safetensors", "sft.json"
 
@@ -103,36 +106,18 @@ def train_sft(config: dict) -> None:
     device = ray.train.torch.get_device()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config["lr"])
     rows = [Sample(list(p), list(t), 1.0) for p, t in ray.get(config["rows"][0])]
-    progress = StepProgress(sum(len(e) for e in config["plan"][done:]), rank)
+    # to the worker's own stdout: Ray Train's patched print would log the line and echo it, twice
+    started, steps, taken = time.monotonic(), sum(len(e) for e in config["plan"][done:]), 0
+    progress = ProgressLine("fine-tuning", every=30.0, stream=sys.__stdout__, last=started)
     for epoch in range(done, len(config["plan"])):
         for idx in config["plan"][epoch]:
             losses.append(sft_step(model, opt, [rows[i] for i in idx], rank, world, pad_id,
                                    config["micro_batch_tokens"], config["grad_clip"], device))
-            progress(epoch + 1, len(config["plan"]), losses[-1])
+            taken += 1
+            if rank == 0:
+                progress(f"epoch {epoch + 1}/{len(config['plan'])}, step", taken, steps, started, losses[-1])
         report(model, rank, {"epoch": epoch + 1, "losses": losses, "version": config["version"]})
         fail_once(config.get("fail_once"))
-
-
-class StepProgress:
-    """Rank 0 prints a line at most every ``every`` seconds (and at the last step): the epoch, the
-    steps done, the loss and the time left at the pace so far. A run of minutes is not silent."""
-
-    def __init__(self, steps: int, rank: int, every: float = 30.0):
-        import time
-        self.steps, self.rank, self.every, self.done = steps, rank, every, 0
-        self.started = self.last = time.monotonic()
-
-    def __call__(self, epoch: int, epochs: int, loss: float) -> None:
-        import time
-        self.done += 1
-        now = time.monotonic()
-        if self.rank != 0 or (now - self.last < self.every and self.done != self.steps):
-            return
-        self.last = now
-        left = (now - self.started) / self.done * (self.steps - self.done)
-        # to the worker's own stdout: Ray Train's patched print would log it and echo it, twice
-        print(f"fine-tuning: epoch {epoch}/{epochs}, step {self.done}/{self.steps}, loss {loss:.3f}, "
-              f"~{left:.0f} s left", file=sys.__stdout__, flush=True)
 
 
 def start_model(config: dict):

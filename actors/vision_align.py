@@ -16,10 +16,10 @@ model is the expensive part, so it gets the fewest steps):
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 
+from actors.progress_line import ProgressLine
 from actors.shapes import CELLS, captioned_scene
 
 SCENE_SIZE = 96                 # MM-UPT's shapes image side (data.image_size's default)
@@ -40,22 +40,6 @@ class AlignSpec:
     caption_lr: float = 3e-4
     lm_lr: float = 0.0          # captions: the language model's learning rate (0: frozen)
     seed: int = 0
-
-
-class Progress:
-    """One line per report: the phase, step/steps and the time left at the current pace."""
-
-    def __init__(self, name: str, every: float = 10.0):
-        self.name, self.every, self.last = name, every, 0.0
-
-    def __call__(self, phase: str, step: int, steps: int, started: float, loss: float) -> None:
-        now = time.monotonic()
-        if step not in (1, steps) and now - self.last < self.every:
-            return
-        self.last = now
-        left = (now - started) / step * (steps - step)
-        print(f"building {self.name}: {phase} {step}/{steps}, loss {loss:.3f}, ~{left:.0f} s left",
-              file=sys.stderr, flush=True)
 
 
 def scenes(spec: AlignSpec, start: int = 0):
@@ -96,7 +80,7 @@ def trainable(model):
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def align_cells(model, tokenizer, pixels, targets, spec: AlignSpec, progress: Progress) -> float:
+def align_cells(model, tokenizer, pixels, targets, spec: AlignSpec, progress: ProgressLine) -> float:
     import torch
     gen = torch.Generator().manual_seed(spec.seed)
     opt = torch.optim.AdamW(trainable(model), lr=spec.cell_lr)
@@ -141,7 +125,7 @@ def caption_optimizer(model, spec: AlignSpec):
     return torch.optim.AdamW(groups)
 
 
-def align_captions(model, processor, images, captions, spec: AlignSpec, progress: Progress) -> float:
+def align_captions(model, processor, images, captions, spec: AlignSpec, progress: ProgressLine) -> float:
     import torch
     gen = torch.Generator().manual_seed(spec.seed + 1)
     opt = caption_optimizer(model, spec)
@@ -177,7 +161,7 @@ def _align(model, processor, spec: AlignSpec, name: str) -> dict:
     images = [Image.open(io.BytesIO(png)).convert("RGB") for png, _, _ in data]
     pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
     targets = cell_targets(model, processor.tokenizer, [placed for _, _, placed in data])
-    progress = Progress(name)
+    progress = ProgressLine(f"building {name}")
     model.train()
     cells = align_cells(model, processor.tokenizer, pixels, targets, spec, progress)
     captions = align_captions(model, processor, images, [c for _, c, _ in data], spec, progress) \
