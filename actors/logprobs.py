@@ -73,16 +73,20 @@ def completion_logprobs(model, samples: list[Sample], pad_id: int, device: str =
 
 
 def sequence_logprobs(model, samples: list[Sample], pad_id: int, device: str = "cpu", vision=None):
-    """``completion_logprobs`` with one forward over each whole sample (prompt + completion,
-    right-padded, so positions count from 0): completion token j of sample i is predicted at
-    position len(prompt_i) − 1 + j."""
-    ids, attention = right_pad([s.prompt_ids + s.token_ids for s in samples], pad_id)
-    width = ids.shape[1]
+    """``completion_logprobs`` with one forward over each whole sample. Left-padded, so every
+    completion ends at the right edge: the lm head runs only on the last T + 1 positions (T the
+    longest completion), not on every prompt position — on a CPU its 49k-wide matmul is a large
+    share of a short-completion step. Completion token j of a sample with c tokens is predicted at
+    kept position T − c + j."""
+    ids, attention = left_pad([s.prompt_ids + s.token_ids for s in samples], pad_id)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    longest = max(len(s.token_ids) for s in samples)
     images = [s.image for s in samples if s.image is not None]
-    logits = model(input_ids=ids.to(device), attention_mask=attention.to(device), use_cache=False,
+    logits = model(input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
+                   use_cache=False, logits_to_keep=longest + 1,
                    **(vision.pixel_inputs(images, device) if images else {})).logits
     comp, comp_mask = completion_targets(samples, pad_id, device)
-    at = torch.tensor([[min(len(s.prompt_ids) - 1 + j, width - 1) for j in range(comp.shape[1])]
+    at = torch.tensor([[min(longest - len(s.token_ids) + j, longest) for j in range(comp.shape[1])]
                        for s in samples], device=device)
     picked = logits.gather(1, at[..., None].expand(-1, -1, logits.shape[-1]))
     return token_logprobs(picked, comp), comp_mask.float()

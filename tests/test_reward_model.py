@@ -4,6 +4,7 @@ Uses the ``tiny_lm`` fixture (word-level tokenizer), so toy inputs are built fro
 """
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -153,3 +154,20 @@ def test_untrained_head_refuses_to_score(tiny_lm):
     fresh = RewardModel(RewardModelSettings(model=tiny_lm, max_tokens=64))
     with pytest.raises(RuntimeError, match="not trained"):
         fresh.score([RMInput(goal="cat", action="yes")])
+
+
+def test_an_actor_with_a_fraction_of_a_cpu_computes_features_on_every_core(tiny_lm):
+    """Ray starts an actor with num_cpus < 1 with OMP_NUM_THREADS=1; the backbone must not stay
+    on one core (the UI-Genie job places the RM with num_cpus 0.25)."""
+    import ray
+    ours = not ray.is_initialized()
+    if ours:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        actor = ray.remote(num_cpus=0.25)(RewardModel).remote(RewardModelSettings(model=tiny_lm, max_tokens=32))
+        threads = ray.get(actor.__ray_call__.remote(lambda self: torch.get_num_threads()))
+        assert threads == os.cpu_count()
+        ray.kill(actor)
+    finally:
+        if ours:
+            ray.shutdown()

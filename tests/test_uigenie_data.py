@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow.parquet as pq
 
@@ -127,6 +128,23 @@ def test_split_is_stable_disjoint_and_seed_only_from_seed_levels():
     assert [t.id for t in capped["heldout"]] == [t.id for t in a["heldout"]][:3]
 
 
+
+    @dataclass(frozen=True)
+    class Templated(T):
+        template: str = ""
+    tasks = [Templated(f"{k}.{i}", f"goal {k} {i}", 1, k) for k in "abcd" for i in range(12 if k == "a" else 3)]
+    full = split_tasks(parse_config({"job": "uigenie"}), tasks)
+    capped = split_tasks(parse_config({"job": "uigenie", "tasks": {"n_explore": 4, "n_heldout": 5}}), tasks)
+    for name, k in (("explore", 4), ("heldout", 5)):
+        kinds = {t.template for t in full[name]}
+        got = capped[name]
+        assert len(got) == min(k, len(full[name]))
+        assert {t.template for t in got} == kinds if len(kinds) <= k else len({t.template for t in got}) == k
+        for kind in kinds:          # within a template, the uncapped split's order
+            assert [t.id for t in got if t.template == kind] == \
+                [t.id for t in full[name] if t.template == kind][:len([t for t in got if t.template == kind])]
+
+
 def test_generated_seeds_keep_the_suite_for_exploration_and_held_out():
     suite = [T(f"t{i}", f"goal {i}", level=1 + i % 3) for i in range(40)]
     seeds = [T("t0", "goal 0", 1), T("s1", "new 1", 1), T("s2", "new 2", 2), T("s3", "new 3", 3)]
@@ -140,3 +158,47 @@ def test_generated_seeds_keep_the_suite_for_exploration_and_held_out():
                          suite, seeds)
     assert [t.id for t in capped["seed"]] == ["t0"]
     assert len(capped["explore"]) + len(capped["heldout"]) == 39
+
+
+def bare_loop(agent: dict, training=None):
+    from types import SimpleNamespace
+    from jobs.uigenie.loop import UIGenieLoop
+    cfg = parse_config({"job": "uigenie", "agent": agent})
+    return UIGenieLoop(cfg, SimpleNamespace(root=Path("unused")), SimpleNamespace(note=lambda text: None),
+                       None, SimpleNamespace(sampler=None, training=training), None, None, [])
+
+
+def test_verify_steps_asks_the_agent_on_a_sample_and_keeps_every_reference():
+    from actors.sampler import Completion
+    asked = []
+    def generate(prompts, params, prefix):
+        asked.extend(prompts)
+        return [Completion(i, [], [], [], 'terminate", "status": "failure"}}</tool_call>', True, 0)
+                for i in range(len(prompts))]
+    refs = [(good_rollout(), [None, (200, 280, 340, 340), None]) for _ in range(4)]     # 12 steps
+    for limit, n in ((None, 12), (5, 5), (0, 0)):
+        loop = bare_loop({"verify_samples": 1})
+        loop.policy.generate = generate
+        asked.clear()
+        rows = loop.verified(refs, "seed", (540, 1200), limit)
+        assert len(asked) == n
+        assert sum(r.source == "seed:reference" for r in rows) == 12
+        verified = [r for r in rows if r.source == "seed:verified"]
+        assert len(verified) == n and not any(r.label for r in verified)     # "failure" is never right
+
+
+def test_later_generations_replay_earlier_examples_per_new_one():
+    """Generation 0: every seed example for ``sft_epochs``; later ones: the new examples, ``replay``
+    earlier ones per new one, for ``explore_epochs``."""
+    from types import SimpleNamespace
+    calls = []
+    training = SimpleNamespace(sft=lambda rows, epochs, batch, rng: calls.append((rows, epochs)) or {})
+    loop = bare_loop({"sft_epochs": 4, "replay": 3, "explore_epochs": 2}, training)
+    seed = [{"prompt": f"s{i}"} for i in range(10)]
+    loop.train_agent(seed)
+    new = [{"prompt": "n0"}, {"prompt": "n1"}]
+    loop.train_agent(new)
+    (first, e0), (second, e1) = calls
+    assert first == seed and e0 == 4
+    assert second[:2] == new and len(second) == 2 + 6 and e1 == 2
+    assert all(r in seed for r in second[2:]) and len({r["prompt"] for r in second[2:]}) == 6

@@ -103,6 +103,33 @@ def test_beam_search_finds_what_greedy_misses():
     assert all(s.reward == 1.0 for s in best.steps)
 
 
+
+def test_beam_search_ranks_the_greedy_action_among_its_samples():
+    """Samples that never repeat the greedy action: without ``greedy`` beam search loses what
+    greedy decoding solves; with it the reward model finds it among the candidates."""
+    t = task("settings.wifi.off")
+    plan = reference(t)
+    wrong = [target_completion(Action("system_button", text="Home")), target_completion(Action("wait", time=1.0))]
+    def generate(prompts, params, prefix):
+        k = n_done(prompts[0])
+        texts = [target_completion(plan[min(k, len(plan) - 1)])] if params.temperature == 0 else wrong[:params.n]
+        return [Completion(i, [], [], [], x, True, 0) for i in range(len(prompts)) for x in texts]
+    calls = []
+    def score(children):
+        calls.append(len(children))
+        return [1.0 if c.steps[-1].action.to_tool_call() in {a.to_tool_call() for a in plan} else 0.0
+                for c in children]
+    def beam(greedy):
+        return run_episodes([t], OPS, local_runner(SimulatedDevice()), Policy(generate), max_steps=len(plan) + 1,
+                            n=2, temperature=1.0, score=score, width=1, greedy=greedy)
+    assert not any(r.success for r in beam(greedy=False))
+    assert calls and all(c == 2 for c in calls)
+    calls.clear()
+    [r] = [r for r in beam(greedy=True) if r.success]
+    assert [s.action for s in r.steps] == plan
+    assert calls[0] == 3                # the greedy proposal and both samples were scored
+
+
 def test_a_crashed_device_fails_its_episode_not_the_run():
     t = task("settings.wifi.off")
     plan = reference(t)

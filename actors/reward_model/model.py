@@ -67,7 +67,7 @@ class RewardModelSettings:
     max_tokens: int = 512                  # prompts keep their last max_tokens tokens
     max_screen_chars: int = 800            # UI listings run ~2.4 chars/token: ≤ ~340 tokens, so the
                                            # goal, history and action still fit in max_tokens
-    threads: int | None = None             # torch.set_num_threads when given
+    threads: int | None = None             # torch.set_num_threads; None: every core
     seed: int = 0
     pos_weight: Union[str, float] = "balanced"   # "balanced" = n_neg / n_pos, or a fixed float
     feature_batch_tokens: int = 8192       # padded tokens (rows × longest) per backbone forward
@@ -146,8 +146,9 @@ class RewardModel:
         from actors.model_loading import load_causal_lm
 
         self.settings = settings or RewardModelSettings()
-        if self.settings.threads:
-            torch.set_num_threads(self.settings.threads)
+        # Ray gives an actor with fractional num_cpus OMP_NUM_THREADS=1: the backbone's features
+        # would run on one core while the others wait for them (as the sampler and learner do not)
+        torch.set_num_threads(self.settings.threads or os.cpu_count() or 1)
         self.backbone, self.tokenizer = load_causal_lm(self.settings.model)
         self.backbone.requires_grad_(False).eval()
         self.encoder = self.backbone.base_model          # final-norm hidden states, no LM head

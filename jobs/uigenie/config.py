@@ -45,12 +45,19 @@ class UIGenieAgentConfig(Strict):
     max_new_tokens: int = Field(32, ge=4)
     lr: float = Field(1e-4, gt=0)
     sft_epochs: int = Field(3, ge=1, description="passes over each generation's SFT set")
+    replay: int = Field(1, ge=0, description="generations ≥ 1: earlier examples replayed per new one "
+                        "(the agent keeps what it knew instead of copying the few new trajectories)")
+    explore_epochs: Optional[int] = Field(None, ge=1, description="generations ≥ 1: passes over new + "
+                                          "replayed examples (None: sft_epochs)")
     sft_batch: int = Field(2, ge=1, description="examples per optimizer step; small, because the "
                            "decisions (action kind, element) need many steps to be learned")
     grad_clip: float = Field(1.0, gt=0)
     trainable_layers: Optional[int] = Field(10, ge=1, description="SFT only the top N layers (None: all)")
     micro_batch_tokens: int = Field(8192, ge=1, description="padded tokens per micro-batch (per worker)")
     verify_samples: int = Field(4, ge=0, description="agent proposals per reference step, labelled by rules")
+    verify_steps: Optional[int] = Field(None, ge=0, description="verify proposals on at most this many "
+                                        "seed reference steps, a random sample (None: all; the held-out "
+                                        "RM set always has all of its own)")
 
 
 class RewardModelConfig(Strict):
@@ -71,6 +78,8 @@ class BeamConfig(Strict):
     width: int = Field(2, ge=1, description="beams kept per task")
     expansions: int = Field(3, ge=1, description="actions sampled per beam and step")
     temperature: float = Field(0.8, gt=0)
+    greedy: bool = Field(True, description="each beam's candidates also hold its greedy action, so "
+                         "search starts from what greedy decoding would do")
 
 
 class UIGenieLoopConfig(Strict):

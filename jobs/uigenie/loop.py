@@ -59,7 +59,20 @@ def split_tasks(cfg, suite: list, seeds: Optional[list] = None) -> dict[str, lis
             name = "explore"
         out[name].append(task)
     caps = {"seed": t.n_seed, "explore": t.n_explore, "heldout": t.n_heldout}
-    return {k: v[:caps[k]] if caps[k] else v for k, v in out.items()}
+    return {k: v if not caps[k] else v[:caps[k]] if k == "seed" else _spread(v, caps[k])
+            for k, v in out.items()}
+
+
+def _spread(tasks: list, k: int) -> list:
+    """The first ``k`` tasks taking each template in turn (hash order within a template): a
+    capped exploration or held-out split meets every kind of task before a second of any, so
+    what beam search can find and what held-out success measures are the same kinds of task."""
+    by_template: dict[str, list] = {}
+    for task in tasks:
+        by_template.setdefault(getattr(task, "template", task.id), []).append(task)
+    rounds = [group[i] for i in range(max(map(len, by_template.values()), default=0))
+              for group in by_template.values() if i < len(group)]
+    return rounds[:k]
 
 
 def _unit_hash(text: str, seed: int) -> float:
@@ -105,12 +118,19 @@ class UIGenieLoop:
             out.append(res)
         return out
 
-    def verified(self, refs: list[tuple[Rollout, list]], source: str, device_size) -> list[RMRow]:
-        """The current agent's proposals on every reference step, labelled by the rules."""
+    def verified(self, refs: list[tuple[Rollout, list]], source: str, device_size,
+                 limit: Optional[int] = None) -> list[RMRow]:
+        """The current agent's proposals on the reference steps (``limit``: a random sample of
+        that many), labelled by the rules; every step's reference action is a positive."""
         steps = [s for r, _ in refs for s in r.steps]
         k = self.cfg.agent.verify_samples
-        props = propose(self.policy.generate, [s.prompt for s in steps], k, self.cfg.beam.temperature,
-                        self.cfg.agent.max_new_tokens, self.policy.seed) if k and steps else [[] for _ in steps]
+        n = len(steps) if k else 0
+        asked = list(range(n)) if limit is None else sorted(self.rng.sample(range(n), min(limit, n)))
+        answers = propose(self.policy.generate, [steps[i].prompt for i in asked], k, self.cfg.beam.temperature,
+                          self.cfg.agent.max_new_tokens, self.policy.seed)
+        props: list[list] = [[] for _ in steps]
+        for i, a in zip(asked, answers):
+            props[i] = a
         rows, i = [], 0
         for r, bounds in refs:
             mine = [[p.action for p in props[i + j]] for j in range(len(r.steps))]
@@ -135,7 +155,7 @@ class UIGenieLoop:
                                f"{solved}/{len(tasks)} tasks solved")
         done = run_episodes(tasks, self.ops, self.runner, self.policy, self.cfg.tasks.max_steps,
                             n=b.expansions, temperature=b.temperature, score=score, width=b.width,
-                            on_step=on_step)
+                            greedy=b.greedy, on_step=on_step)
         write_parquet(self.data_dir / f"trajectories_explore_gen{generation}.parquet",
                       [rollout_record(r, generation, "explore") for r in done])
         best: dict[str, Rollout] = {}
@@ -172,14 +192,16 @@ class UIGenieLoop:
         return out
 
     def train_agent(self, new_agent: list[dict]) -> dict[str, float]:
-        """SFT on this generation's new examples plus as many replayed old ones (so each
-        generation's SFT costs about the same); then the weights go to the sampler."""
+        """SFT on this generation's new examples plus ``agent.replay`` replayed old ones per new
+        one (each generation's SFT costs about the same); then the weights go to the sampler."""
         a = self.cfg.agent
         self.agent_data += new_agent
         old = self.agent_data[:len(self.agent_data) - len(new_agent)]
-        replay = self.rng.sample(old, min(len(old), len(new_agent)))
-        self.progress.note(f"  training the agent on {len(new_agent)} new examples + {len(replay)} replayed …")
-        return self.a.training.sft(new_agent + replay, a.sft_epochs, a.sft_batch, self.rng)
+        replay = self.rng.sample(old, min(len(old), a.replay * len(new_agent)))
+        epochs = a.sft_epochs if not old else a.explore_epochs or a.sft_epochs
+        self.progress.note(f"  training the agent on {len(new_agent)} new examples + {len(replay)} replayed, "
+                           f"{epochs} epochs …")
+        return self.a.training.sft(new_agent + replay, epochs, a.sft_batch, self.rng)
 
     def train_rm(self, new_rm: list[RMRow]) -> dict[str, float]:
         """A fresh head on every RM example so far (features of old ones are cached)."""
@@ -213,16 +235,16 @@ class UIGenieLoop:
         book = ScreenBook()
         for r, _ in seed_refs + held_refs:
             book.add(r)
-        def labelled(refs, source):
+        def labelled(refs, source, limit=None):
             self.progress.note(f"  verifying the agent's proposals on {source} references …")
-            rows = self.verified(refs, source, device_size)
+            rows = self.verified(refs, source, device_size, limit)
             texts = {k: v for r, _ in refs for k, v in step_texts(r).items()}
             succ = [r for r, _ in refs if r.success]
             return rows + [x for x in success_rows(succ, book, texts, self.rng, rm_cfg.corruptions,
                                                    EXTRA_ACTIONS, source) if x.label == 0]
         self.heldout_rm = labelled(held_refs, "heldout")
         write_parquet(self.data_dir / "rm_heldout.parquet", rm_records(self.heldout_rm, 0))
-        new_rm = labelled(seed_refs, "seed")
+        new_rm = labelled(seed_refs, "seed", self.cfg.agent.verify_steps)
         values |= self.train_rm(new_rm)
         return values | self.save_data(g, new_agent, new_rm)
 

@@ -9,7 +9,7 @@ snapshots, and a device that crashes mid-step costs a retry of that one operatio
     frontier ← one empty rollout per task
     repeat up to max_steps:
         screens  ← observe every live rollout (replay on a leased device)
-        replies  ← one batched generation: n proposals per screen
+        replies  ← one batched generation: n proposals per screen (beam search: + the greedy one)
         scores   ← the reward model's action-level reward of each valid proposal (beam search)
         children ← the best `width` proposals per task (all of them for n = 1)
         execute each child's action (replay + act); terminate → outcome check on the final state
@@ -173,10 +173,12 @@ def _dedupe(props: list[Proposal]) -> list[Proposal]:
 
 def step_frontier(frontier: list[Rollout], ops: EpisodeOps, runner: DeviceRunner, policy: Policy,
                   n: int, temperature: float, score: Optional[Callable] = None,
-                  width: Optional[int] = None) -> list[Rollout]:
+                  width: Optional[int] = None, greedy: bool = False) -> list[Rollout]:
     """Advance every live rollout by one step; returns the new frontier (children of each rollout,
     at most ``width`` per task when pruning, best reward first). ``score(rollouts) -> rewards``
-    scores each child's last step (the reward model); invalid proposals score -1."""
+    scores each child's last step (the reward model); invalid proposals score -1. ``greedy`` adds
+    each screen's greedy proposal to its ``n`` samples, so the reward model ranks greedy
+    decoding's action among the others instead of hoping a sample repeats it."""
     observed = runner.map([observe_op(ops, r) for r in frontier])
     live, children = [], []
     for r, obs in zip(frontier, observed):
@@ -186,6 +188,9 @@ def step_frontier(frontier: list[Rollout], ops: EpisodeOps, runner: DeviceRunner
             live.append((r, obs))
     prompts = [agent_prompt(r.task.goal, r.history(), obs.text, obs.app) for r, obs in live]
     proposals = propose(policy.generate, prompts, n, temperature, policy.max_new_tokens, policy.seed)
+    if greedy:
+        best = propose(policy.generate, prompts, 1, 0.0, policy.max_new_tokens, policy.seed)
+        proposals = [g + p for g, p in zip(best, proposals)]
     expanded: list[list[Rollout]] = []
     for (r, obs), prompt, props in zip(live, prompts, proposals):
         expanded.append([r.extend(_step_of(obs, prompt, p)) for p in (_dedupe(props) if n > 1 else props)])
@@ -223,15 +228,16 @@ def _prune(expanded: list[list[Rollout]], width: Optional[int]) -> list[Rollout]
 
 def run_episodes(tasks: list, ops: EpisodeOps, runner: DeviceRunner, policy: Policy, max_steps: int,
                  n: int = 1, temperature: float = 0.0, score: Optional[Callable] = None,
-                 width: Optional[int] = None, stop_on_success: bool = True,
+                 width: Optional[int] = None, stop_on_success: bool = True, greedy: bool = False,
                  on_step: Optional[Callable[[int, list[Rollout]], None]] = None) -> list[Rollout]:
     """Run every task to a terminal state or ``max_steps``. Greedy evaluation: n=1, temperature 0,
-    no score. Beam search: n = expansions, a reward model ``score``, ``width`` beams per task.
+    no score. Beam search: n = expansions, a reward model ``score``, ``width`` beams per task
+    (``greedy``: the greedy action is one more candidate per beam).
     Returns every finished rollout (terminated, crashed or out of steps) of every task."""
     frontier = [Rollout(t) for t in tasks]
     finished: list[Rollout] = []
     for depth in range(max_steps):
-        frontier = step_frontier(frontier, ops, runner, policy, n, temperature, score, width)
+        frontier = step_frontier(frontier, ops, runner, policy, n, temperature, score, width, greedy)
         finished += [r for r in frontier if r.done]
         solved = {r.task.id for r in finished if r.success} if stop_on_success else set()
         frontier = [r for r in frontier if not r.done and r.task.id not in solved]
