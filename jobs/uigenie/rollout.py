@@ -193,7 +193,7 @@ def step_frontier(frontier: list[Rollout], ops: EpisodeOps, runner: DeviceRunner
         proposals = [g + p for g, p in zip(best, proposals)]
     expanded: list[list[Rollout]] = []
     for (r, obs), prompt, props in zip(live, prompts, proposals):
-        expanded.append([r.extend(_step_of(obs, prompt, p)) for p in (_dedupe(props) if n > 1 else props)])
+        expanded.append([r.extend(_step_of(obs, prompt, p)) for p in _dedupe(props)])
     if score is not None:
         flat = [c for group in expanded for c in group if c.steps[-1].action is not None]
         for c, reward in zip(flat, score(flat) if flat else []):
