@@ -77,18 +77,52 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
 
+def token_batches(lengths: list[int], budget: int) -> list[list[int]]:
+    """Indices grouped longest first so that rows × longest row ≤ budget (a lone row may exceed it)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= budget:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 @torch.inference_mode()
 def generate_groups(model, prompts: list[list[int]], n: int, max_new_tokens: int, eos_ids: set[int],
                     pad_id: int, temperature: float = 1.0, top_p: float = 1.0,
-                    seed: int | None = None, device="cpu", prefill_inputs: dict | None = None) -> SampledBatch:
-    """Sample ``n`` completions for each tokenised prompt (see module docstring).
-    ``prefill_inputs``: more inputs of the prompt forward, one row per prompt (a VLM's
-    ``pixel_values``); the decoding steps only read the cache."""
+                    seed: int | None = None, device="cpu", prefill_inputs: dict | None = None,
+                    batch_tokens: int | None = None) -> SampledBatch:
+    """Sample ``n`` completions for each tokenised prompt (see module docstring), grouped by prompt
+    in order. ``prefill_inputs``: more inputs of the prompt forward, one row per prompt (a VLM's
+    ``pixel_values``); the decoding steps only read the cache.
+
+    ``batch_tokens``: prompts of similar length run together, at most that many padded prompt
+    tokens (prompts × longest) per batch; None: all in one. Every row of a batch is left-padded to
+    its longest prompt and decoded until its last row ends: on 2 CPU cores, 96 UI screens of
+    150–420 tokens took 74 s in one batch and 41 s in batches of 2048 tokens, 20 screens × 5
+    samples 28 s and 18 s (a budget that counted the n samples was slower for n = 1)."""
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    lengths = [len(p) for p in prompts]
+    batches = token_batches(lengths, batch_tokens) if batch_tokens else [list(range(len(prompts)))] * bool(prompts)
+    samples: list[tuple[int, list[int], list[float], bool]] = []
+    for rows in batches:
+        extra = {k: v[torch.tensor(rows, device=v.device)] for k, v in (prefill_inputs or {}).items()}
+        b = _generate(model, [prompts[i] for i in rows], n, max_new_tokens, eos_ids, pad_id,
+                      temperature, top_p, generator, device, extra)
+        samples += [(rows[p], *s) for p, *s in zip(b.prompt_index, b.token_ids, b.logprobs, b.finished)]
+    samples.sort(key=lambda s: s[0])            # stable: each prompt's n samples keep their order
+    return SampledBatch(*(list(col) for col in zip(*samples))) if samples else SampledBatch([], [], [], [])
+
+
+def _generate(model, prompts: list[list[int]], n: int, max_new_tokens: int, eos_ids: set[int],
+              pad_id: int, temperature: float, top_p: float, generator: torch.Generator | None,
+              device, prefill_inputs: dict) -> SampledBatch:
     ids, mask = (t.to(device) for t in left_pad(prompts, pad_id))
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                logits_to_keep=1, **(prefill_inputs or {}))
+                logits_to_keep=1, **prefill_inputs)
     cache = output_cache(out)
     cache.batch_repeat_interleave(n)
     logits = out.logits[:, -1].repeat_interleave(n, dim=0)

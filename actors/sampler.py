@@ -48,6 +48,7 @@ class SamplerSettings:
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.5
     static_cache: bool = False        # transformers: HF generate with a static, compiled KV cache
+    batch_tokens: int | None = None   # transformers: cache tokens per generation batch (generate_groups)
     extra: dict = field(default_factory=dict)
 
 
@@ -186,7 +187,7 @@ class TransformersBackend:
     def __init__(self, s: SamplerSettings):
         from actors.model_loading import load_policy
         self.model, self.tokenizer, self.vision = load_policy(s.model, s.dtype, s.device)
-        self.static_cache = s.static_cache
+        self.static_cache, self.batch_tokens = s.static_cache, s.batch_tokens
         self.model.eval()
         self.eos_ids = {self.tokenizer.eos_token_id}
         gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
@@ -195,10 +196,11 @@ class TransformersBackend:
     def generate(self, prompt_ids, p: SamplingParams, images: list[bytes] | None = None):
         from actors.generation import generate_groups, generate_static
         prefill = self.vision.pixel_inputs([i for i in images if i], self.model.device) if images else None
-        generate = generate_static if self.static_cache else generate_groups
-        b = generate(self.model, prompt_ids, p.n, p.max_new_tokens, self.eos_ids,
-                     self.tokenizer.pad_token_id, p.temperature, p.top_p, p.seed,
-                     device=self.model.device, prefill_inputs=prefill)
+        args = (self.model, prompt_ids, p.n, p.max_new_tokens, self.eos_ids, self.tokenizer.pad_token_id,
+                p.temperature, p.top_p, p.seed)
+        b = (generate_static(*args, device=self.model.device, prefill_inputs=prefill) if self.static_cache
+             else generate_groups(*args, device=self.model.device, prefill_inputs=prefill,
+                                  batch_tokens=self.batch_tokens))
         return list(zip(b.prompt_index, b.token_ids, b.logprobs, b.finished))
 
     def load_weights(self, packed: PackedWeights) -> None:

@@ -64,6 +64,10 @@ class SamplerConfig(ActorResources):
     system_prompt: Optional[str] = None
     static_cache: bool = Field(False, description="transformers backend: Hugging Face generate with a "
                                "static KV cache (compiled into CUDA graphs on a GPU)")
+    batch_tokens: Optional[int] = Field(None, ge=1, description="transformers backend: prompts of "
+                                        "similar length are sampled together, at most this many "
+                                        "padded prompt tokens (prompts × longest) per batch; default: "
+                                        "all in one")
     engine_args: VLLMEngineArgs = Field(default_factory=VLLMEngineArgs,
                                         description="vllm backend: engine settings")
     start_timeout_s: Optional[float] = Field(None, gt=0, description="wait this long for a sampler "

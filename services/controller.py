@@ -93,7 +93,7 @@ def sampler_settings(s, model: str, colocated: bool = False) -> SamplerSettings:
         model=model, backend=s.backend, dtype=s.dtype, threads=s.threads,
         device="cuda" if s.num_gpus > 0 else "cpu", system_prompt=s.system_prompt,
         tensor_parallel_size=s.tensor_parallel_size, gpu_memory_utilization=s.gpu_memory_utilization,
-        static_cache=s.static_cache, extra=extra)
+        static_cache=s.static_cache, batch_tokens=s.batch_tokens, extra=extra)
 
 
 def sampler_start_timeout(s, ray_cfg) -> float:

@@ -97,6 +97,36 @@ def test_generate_groups_structure_and_determinism(lm, prompts):
     assert other.token_ids != b.token_ids
 
 
+def test_generate_groups_in_length_batches_keeps_prompt_order_and_greedy_output(lm, prompts):
+    """batch_tokens splits the prompts into length-sorted batches; the result is still grouped by
+    prompt in the caller's order, and each greedy completion is what one batch gives."""
+    model, tok = lm
+    budget = max(len(p) for p in prompts)                  # one prompt per batch
+    one = generate_groups(model, prompts, 2, 10, MANY_EOS, tok.pad_token_id, temperature=0.0)
+    split = generate_groups(model, prompts, 2, 10, MANY_EOS, tok.pad_token_id, temperature=0.0,
+                            batch_tokens=budget)
+    assert split.prompt_index == one.prompt_index == [0, 0, 1, 1, 2, 2]
+    assert split.token_ids == one.token_ids and split.finished == one.finished
+    for a, b in zip(split.logprobs, one.logprobs):
+        assert a == b
+
+
+def test_generate_groups_in_length_batches_samples_are_seeded_and_exact(lm, prompts):
+    """Sampled batches draw from one seeded stream: the same seed gives the same samples, and each
+    recorded log-prob is the model's (teacher-forced check)."""
+    model, tok = lm
+    kw = dict(temperature=1.0, seed=5, batch_tokens=2 * len(prompts[0]))
+    b = generate_groups(model, prompts, 3, 8, MANY_EOS, tok.pad_token_id, **kw)
+    assert b.prompt_index == [0] * 3 + [1] * 3 + [2] * 3
+    assert generate_groups(model, prompts, 3, 8, MANY_EOS, tok.pad_token_id, **kw).token_ids == b.token_ids
+    samples = [Sample(prompts[pi], ids, 0.0) for pi, ids in zip(b.prompt_index, b.token_ids)]
+    with torch.no_grad():
+        logp, _ = completion_logprobs(model, samples, tok.pad_token_id)
+    for i, lps in enumerate(b.logprobs):
+        torch.testing.assert_close(logp[i, :len(lps)], torch.tensor(lps), atol=1e-4, rtol=0)
+    assert generate_groups(model, [], 3, 8, MANY_EOS, tok.pad_token_id, **kw).token_ids == []
+
+
 def test_generate_groups_max_new_tokens_one(lm, prompts):
     model, tok = lm
     b = generate_groups(model, prompts, 2, 1, {tok.eos_token_id}, tok.pad_token_id, seed=3)
@@ -438,6 +468,18 @@ def test_generate_static_structure_and_logprobs(tiny_lm, lm, prompts, temperatur
             logits = model(input_ids=seq).logits[0, len(prompts[b.prompt_index[row]]) - 1:-1]
             want = nucleus_logprobs(logits, temperature, top_p).gather(-1, torch.tensor(ids)[:, None]).squeeze(-1)
             torch.testing.assert_close(torch.tensor(lps), want, atol=1e-4, rtol=0)
+
+
+def test_sampler_batch_tokens_comes_from_the_config_and_feeds_the_learner(tiny_lm):
+    from services.config import SamplerConfig
+    from services.controller import sampler_settings
+    s = sampler_settings(SamplerConfig(batch_tokens=64, threads=1), tiny_lm)
+    assert s.batch_tokens == 64
+    out = Sampler(s).generate(PROMPT_TEXTS, SamplingParams(n=2, max_new_tokens=6, seed=1))
+    assert [c.prompt_index for c in out] == [0, 0, 1, 1, 2, 2]
+    learner = Learner(settings(tiny_lm, lr=0.0))
+    samples = [Sample(c.prompt_ids, c.token_ids, 0.0, c.logprobs) for c in out]
+    assert learner.train_step(samples)["sampler_logprob_gap"] < 1e-4
 
 
 def test_sampler_static_cache_setting_feeds_the_learner(tiny_lm, prompts):

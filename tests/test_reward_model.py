@@ -12,7 +12,8 @@ import torch
 
 from actors.reward_model import (RMInput, RewardModel, RewardModelSettings, balanced_pos_weight,
                                  format_rm_prompt)
-from actors.reward_model.model import resolve_pos_weight, token_batches, truncate_left
+from actors.generation import token_batches
+from actors.reward_model.model import resolve_pos_weight, truncate_left
 
 FILLER = ["what", "is", "the", "answer", "to", "one", "two", "three", "cat", "dog", "red", "blue",
           "green", "big", "small", "up", "down", "left", "right", "a", "b", "c", "it", "so", "then"]

@@ -189,16 +189,16 @@ def test_verify_steps_asks_the_agent_on_a_sample_and_keeps_every_reference():
 
 def test_later_generations_replay_earlier_examples_per_new_one():
     """Generation 0: every seed example for ``sft_epochs``; later ones: the new examples, ``replay``
-    earlier ones per new one, for ``explore_epochs``."""
+    earlier ones per new one, for ``explore_epochs`` at ``explore_lr``."""
     from types import SimpleNamespace
     calls = []
-    training = SimpleNamespace(sft=lambda rows, epochs, batch, rng: calls.append((rows, epochs)) or {})
-    loop = bare_loop({"sft_epochs": 4, "replay": 3, "explore_epochs": 2}, training)
+    training = SimpleNamespace(sft=lambda rows, epochs, batch, lr, rng: calls.append((rows, epochs, lr)) or {})
+    loop = bare_loop({"sft_epochs": 4, "replay": 3, "explore_epochs": 2, "lr": 2e-4, "explore_lr": 5e-5}, training)
     seed = [{"prompt": f"s{i}"} for i in range(10)]
     loop.train_agent(seed)
     new = [{"prompt": "n0"}, {"prompt": "n1"}]
     loop.train_agent(new)
-    (first, e0), (second, e1) = calls
-    assert first == seed and e0 == 4
-    assert second[:2] == new and len(second) == 2 + 6 and e1 == 2
+    (first, e0, lr0), (second, e1, lr1) = calls
+    assert first == seed and e0 == 4 and lr0 == 2e-4
+    assert second[:2] == new and len(second) == 2 + 6 and e1 == 2 and lr1 == 5e-5
     assert all(r in seed for r in second[2:]) and len({r["prompt"] for r in second[2:]}) == 6

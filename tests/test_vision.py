@@ -98,6 +98,22 @@ def test_learner_refuses_image_samples_without_a_vision_model(tiny_lm):
         completion_logprobs(learner.model, [Sample([3, 4], [5], 1.0, image=RED)], learner.pad_id)
 
 
+def test_length_batched_sampler_keeps_each_image_with_its_prompt(learner):
+    """batch_tokens=1 runs every prompt alone, longest first (here the reverse of the caller's
+    order): each prompt's pixel rows must travel with it, so the learner, given the same images,
+    recomputes the sampler's log-probs."""
+    batched = Sampler(SamplerSettings(model="tiny-llava", threads=1, batch_tokens=1))
+    batched.load_weights(learner.export_weights()[1])
+    prompts = [{"text": "what?", "image": RED}, {"text": "what colour is the thing in it?", "image": BLUE}]
+    out = batched.generate(prompts, SamplingParams(n=2, temperature=1.0, max_new_tokens=5, seed=4))
+    assert [c.prompt_index for c in out] == [0, 0, 1, 1]
+    with torch.no_grad():
+        logp, _ = completion_logprobs(learner.model, samples_of(out, [RED, BLUE]), learner.pad_id,
+                                      vision=learner.vision)
+    for i, c in enumerate(out):
+        assert torch.allclose(logp[i, :len(c.token_ids)], torch.tensor(c.logprobs), atol=1e-4)
+
+
 def test_static_cache_sampler_takes_image_prompts(learner):
     static = Sampler(SamplerSettings(model="tiny-llava", threads=1, static_cache=True))
     static.load_weights(learner.export_weights()[1])

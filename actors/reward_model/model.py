@@ -27,6 +27,8 @@ from typing import Sequence, Union
 import torch
 from torch import nn
 
+from actors.generation import left_pad, token_batches
+
 MAX_HISTORY = 5          # earlier screens the RM sees (the paper: up to 5)
 
 
@@ -107,18 +109,6 @@ def truncate_left(ids: list[int], max_tokens: int, bos_id: int | None) -> list[i
     return ids[len(ids) - max_tokens:]
 
 
-def token_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
-    """Indices grouped longest first so that rows × longest row ≤ budget (a lone row may exceed it)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    for i in order:
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= budget:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
-
-
 class Head(nn.Module):
     """logit = net((x − mean) / std); mean/std are the training set's, stored as buffers."""
 
@@ -179,8 +169,6 @@ class RewardModel:
         """Final hidden states of each sequence, at the last token or mean-pooled over its real
         tokens: one left-padded forward, positions counted over real tokens only, so a row's
         result does not depend on its batch-mates."""
-        from actors.generation import left_pad
-
         ids, mask = left_pad(seqs, self.tokenizer.pad_token_id)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.encoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)

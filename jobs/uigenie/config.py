@@ -49,6 +49,9 @@ class UIGenieAgentConfig(Strict):
                         "(the agent keeps what it knew instead of copying the few new trajectories)")
     explore_epochs: Optional[int] = Field(None, ge=1, description="generations ≥ 1: passes over new + "
                                           "replayed examples (None: sft_epochs)")
+    explore_lr: Optional[float] = Field(None, gt=0, description="generations ≥ 1: the SFT learning rate "
+                                        "(None: lr); each SFT starts a fresh AdamW, whose first steps "
+                                        "move every weight by about lr even where the loss is ~0")
     sft_batch: int = Field(2, ge=1, description="examples per optimizer step; small, because the "
                            "decisions (action kind, element) need many steps to be learned")
     grad_clip: float = Field(1.0, gt=0)

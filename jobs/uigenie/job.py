@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from jobs.uigenie.config import UIGenieConfig
-from services.registry import Job, RunContext
+from services.bench import lazy
+from services.registry import Bench, Job, RunContext
 
 
 @dataclass
@@ -110,4 +111,7 @@ def report_uigenie(run_dir, compare):
     return report
 
 
-JOB = Job("uigenie", UIGenieConfig, uigenie_roles, run_uigenie, check_uigenie, report_uigenie)
+JOB = Job("uigenie", UIGenieConfig, uigenie_roles, run_uigenie, check_uigenie, report_uigenie, benches={
+    "uigenie-sampling": Bench("the agent's sampling: one padded batch vs length-sorted batches (sampler.batch_tokens)",
+                              lazy("jobs.uigenie.bench_sampling", "add_args"),
+                              lazy("jobs.uigenie.bench_sampling", "run"))})

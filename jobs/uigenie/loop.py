@@ -198,10 +198,10 @@ class UIGenieLoop:
         self.agent_data += new_agent
         old = self.agent_data[:len(self.agent_data) - len(new_agent)]
         replay = self.rng.sample(old, min(len(old), a.replay * len(new_agent)))
-        epochs = a.sft_epochs if not old else a.explore_epochs or a.sft_epochs
+        epochs, lr = (a.sft_epochs, a.lr) if not old else (a.explore_epochs or a.sft_epochs, a.explore_lr or a.lr)
         self.progress.note(f"  training the agent on {len(new_agent)} new examples + {len(replay)} replayed, "
-                           f"{epochs} epochs …")
-        return self.a.training.sft(new_agent + replay, epochs, a.sft_batch, self.rng)
+                           f"{epochs} epochs at lr {lr:g} …")
+        return self.a.training.sft(new_agent + replay, epochs, a.sft_batch, lr, self.rng)
 
     def train_rm(self, new_rm: list[RMRow]) -> dict[str, float]:
         """A fresh head on every RM example so far (features of old ones are cached)."""

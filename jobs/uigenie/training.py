@@ -30,7 +30,7 @@ class Training:
     runs: dict = field(default_factory=dict)       # kind → the latest Ray Train run's name
     _encoded: dict = field(default_factory=dict)   # (prompt, completion) → (prompt ids, completion ids)
 
-    def sft(self, rows: list[dict], epochs: int, batch: int, rng: random.Random) -> dict[str, float]:
+    def sft(self, rows: list[dict], epochs: int, batch: int, lr: float, rng: random.Random) -> dict[str, float]:
         """Supervised fine-tuning on (prompt, completion) rows as a Ray Train run (the token-mean
         NLL, ``actors/sft.py``); then the new weights → the sampler."""
         import ray
@@ -41,7 +41,7 @@ class Training:
             return {"agent/sft_loss_first": 0.0, "agent/sft_loss_last": 0.0, "agent/sft_steps": 0.0}
         encoded = self.encode(rows)
         a = self.cfg.agent
-        config = {"model": self.cfg.model.name, "lr": a.lr, "grad_clip": a.grad_clip,
+        config = {"model": self.cfg.model.name, "lr": lr, "grad_clip": a.grad_clip,
                   "trainable_layers": a.trainable_layers, "micro_batch_tokens": a.micro_batch_tokens,
                   "threads": self.cfg.sampler.threads, "seed": self.cfg.loop.seed,
                   "version": self.version + 1, "rows": [ray.put(encoded)], "start": self.agent,

@@ -1,0 +1,92 @@
+"""``evoray bench uigenie-sampling``: what the agent's sampling costs in one padded batch and in
+length-sorted batches (``sampler.batch_tokens``), on a UI-Genie run's own prompts.
+
+The agent's prompts are screen renderings of very different lengths; one batch pads every row to
+the longest and decodes every row until the last one ends. The benchmark samples the same prompts
+(``RUN_DIR/datasets/agent_gen0.parquet``, the seed steps) with the run's latest agent for each
+budget and each number of samples per prompt (1: greedy decoding and verification; the demo's beam
+search asks ``beam.expansions`` = 5), the median of ``--repeats`` after one warm-up.
+
+    evoray bench uigenie-sampling --run-dir runs/uigenie-demo-… [--prompts 20 96] [--budgets 0 2048 8192]
+"""
+from __future__ import annotations
+
+import platform
+import random
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+def add_args(p) -> None:
+    p.add_argument("--run-dir", required=True, help="a UI-Genie run directory: its seed-step prompts "
+                   "and its latest agent checkpoint (the base model when it has none)")
+    p.add_argument("--prompts", type=int, nargs="+", default=[20, 96], help="prompts per call")
+    p.add_argument("--samples", type=int, nargs="+", default=[1, 5], help="samples per prompt")
+    p.add_argument("--budgets", type=int, nargs="+", default=[0, 2048, 8192],
+                   help="sampler.batch_tokens values; 0: one batch")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=1)
+
+
+def load_agent(run_dir: Path):
+    """A Sampler with the run's model, the agent's system prompt and its latest fine-tuned layers."""
+    import yaml
+
+    from actors.sampler import Sampler, SamplerSettings
+    from actors.sft import read_checkpoint
+    from jobs.uigenie.policy import SYSTEM_PROMPT
+    from services.run_store import RunStore
+    model = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["name"]
+    sampler = Sampler(SamplerSettings(model, system_prompt=SYSTEM_PROMPT))
+    ckpt = RunStore(run_dir).latest_checkpoint()
+    agent = ckpt / "agent" if ckpt else None
+    if agent and agent.is_dir():
+        sampler.load_weights(read_checkpoint(agent)[0])
+    return sampler, model, str(agent) if agent and agent.is_dir() else "base model"
+
+
+def run(args) -> int:
+    import pyarrow.parquet as pq
+    from rich.console import Console
+    from rich.table import Table
+
+    from jobs.uigenie.policy import propose
+    from services.bench import write_result
+    from services.bench_sampler import timed
+    run_dir = Path(args.run_dir)
+    data = run_dir / "datasets" / "agent_gen0.parquet"
+    if not data.is_file():
+        raise ValueError(f"{data} does not exist: --run-dir must be a UI-Genie run past generation 0")
+    texts = [r["prompt"] for r in pq.read_table(data).to_pylist()]
+    console = Console()
+    sampler, model, agent = load_agent(run_dir)
+    rows = []
+    for count in args.prompts:
+        prompts = random.Random(count).sample(texts, min(count, len(texts)))
+        lengths = sorted(len(sampler.encode([{"role": "user", "content": t}])) for t in prompts)
+        for n in args.samples:
+            for budget in args.budgets:
+                sampler.backend.batch_tokens = budget or None
+                console.print(f"{len(prompts)} prompts × {n}, batch_tokens {budget or 'one batch'} …")
+                seconds, replies = timed(lambda: sum(len(p) for p in propose(
+                    sampler.generate, prompts, n, 1.0, args.max_new_tokens, seed=0)), args.repeats)
+                rows.append({"prompts": len(prompts), "prompt_tokens_min": lengths[0],
+                             "prompt_tokens_max": lengths[-1], "samples": n, "batch_tokens": budget,
+                             "seconds": seconds, "replies": replies})
+    table = Table(title=f"agent sampling on {run_dir.name} ({agent}), median of {args.repeats}")
+    for col in ("prompts (tokens)", "samples", "batch_tokens", "seconds", "vs one batch"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        one = next((x["seconds"] for x in rows if x["prompts"] == r["prompts"] and x["samples"] == r["samples"]
+                    and x["batch_tokens"] == 0), None)
+        table.add_row(f"{r['prompts']} ({r['prompt_tokens_min']}–{r['prompt_tokens_max']})", str(r["samples"]),
+                      str(r["batch_tokens"] or "one batch"), f"{r['seconds']:.1f}",
+                      f"{one / r['seconds']:.2f}×" if one else "-")
+    console.print(table)
+    import torch
+    result = {"benchmark": "uigenie-sampling", "date": datetime.now(timezone.utc).isoformat(),
+              "run_dir": str(run_dir), "model": model, "agent": agent, "repeats": args.repeats,
+              "max_new_tokens": args.max_new_tokens, "host": platform.node(),
+              "cpus": torch.get_num_threads(), "rows": rows}
+    console.print(f"wrote {write_result(args.out, 'uigenie-sampling', result)}")
+    return 0
