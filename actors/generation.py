@@ -100,9 +100,9 @@ def generate_groups(model, prompts: list[list[int]], n: int, max_new_tokens: int
 
     ``batch_tokens``: prompts of similar length run together, at most that many padded prompt
     tokens (prompts × longest) per batch; None: all in one. Every row of a batch is left-padded to
-    its longest prompt and decoded until its last row ends: on 2 CPU cores, 96 UI screens of
-    150–420 tokens took 74 s in one batch and 41 s in batches of 2048 tokens, 20 screens × 5
-    samples 28 s and 18 s (a budget that counted the n samples was slower for n = 1)."""
+    its longest prompt and decoded until its last row ends: 96 UI screens of 125–403 tokens took
+    67 s in one batch and 41 s in batches of 2048 tokens on 2 CPU cores (``evoray bench
+    uigenie-sampling``, docs/uigenie.md)."""
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     lengths = [len(p) for p in prompts]
     batches = token_batches(lengths, batch_tokens) if batch_tokens else [list(range(len(prompts)))] * bool(prompts)
