@@ -104,8 +104,10 @@ def generate_groups(model, prompts: list[list[int]], n: int, max_new_tokens: int
     67 s in one batch and 41 s in batches of 2048 tokens on 2 CPU cores (``evoray bench
     uigenie-sampling``, docs/uigenie.md)."""
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    lengths = [len(p) for p in prompts]
-    batches = token_batches(lengths, batch_tokens) if batch_tokens else [list(range(len(prompts)))] * bool(prompts)
+    if batch_tokens:
+        batches = token_batches([len(p) for p in prompts], batch_tokens)
+    else:                       # the caller's order: the same random draws as before batching
+        batches = [list(range(len(prompts)))] if prompts else []
     samples: list[tuple[int, list[int], list[float], bool]] = []
     for rows in batches:
         extra = {k: v[torch.tensor(rows, device=v.device)] for k, v in (prefill_inputs or {}).items()}

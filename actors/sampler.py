@@ -48,7 +48,7 @@ class SamplerSettings:
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.5
     static_cache: bool = False        # transformers: HF generate with a static, compiled KV cache
-    batch_tokens: int | None = None   # transformers: cache tokens per generation batch (generate_groups)
+    batch_tokens: int | None = None   # transformers: padded prompt tokens per batch (generate_groups)
     extra: dict = field(default_factory=dict)
 
 

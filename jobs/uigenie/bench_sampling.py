@@ -39,14 +39,15 @@ def load_agent(run_dir: Path):
     model = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["name"]
     sampler = Sampler(SamplerSettings(model, system_prompt=SYSTEM_PROMPT))
     ckpt = RunStore(run_dir).latest_checkpoint()
-    agent = ckpt / "agent" if ckpt else None
-    if agent and agent.is_dir():
-        sampler.load_weights(read_checkpoint(agent)[0])
-    return sampler, model, str(agent) if agent and agent.is_dir() else "base model"
+    if ckpt is None or not (ckpt / "agent").is_dir():
+        return sampler, model, "base model"
+    sampler.load_weights(read_checkpoint(ckpt / "agent")[0])
+    return sampler, model, str(ckpt / "agent")
 
 
 def run(args) -> int:
     import pyarrow.parquet as pq
+    import torch
     from rich.console import Console
     from rich.table import Table
 
@@ -83,7 +84,6 @@ def run(args) -> int:
                       str(r["batch_tokens"] or "one batch"), f"{r['seconds']:.1f}",
                       f"{one / r['seconds']:.2f}×" if one else "-")
     console.print(table)
-    import torch
     result = {"benchmark": "uigenie-sampling", "date": datetime.now(timezone.utc).isoformat(),
               "run_dir": str(run_dir), "model": model, "agent": agent, "repeats": args.repeats,
               "max_new_tokens": args.max_new_tokens, "host": platform.node(),
