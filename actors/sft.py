@@ -3,9 +3,12 @@
 The loss is the learner's: ``vanilla_pg`` with advantage 1 aggregated ``token-mean``, i.e. the
 token-mean negative log-likelihood of the completions,
 
-    L = −Σᵢ Σₜ log π(yᵢₜ | xᵢ, yᵢ<ₜ) / Σᵢ |yᵢ|        over the step's whole batch,
+    L = −Σᵢ Σₜ wₜ log π(yᵢₜ | xᵢ, yᵢ<ₜ) / Σᵢ Σₜ wₜ      over the step's whole batch,
 
-computed with the learner's code (``actors.logprobs``, ``actors.grpo``). The driver plans the
+with w₀ = ``first_weight`` and wₜ = 1 after it, computed with the learner's code
+(``actors.logprobs``, ``actors.grpo``). A reply's first token can be the decision that the rest
+merely spells out (UI-Genie's action kind: ``type`` or ``click``); at weight 1 it is one token in
+fifteen, and four epochs left a decision the easy tokens outweighed unlearned. The driver plans the
 steps (``plan``: epochs × steps × row indices, so its random draws stay where they were); with W
 workers each step's batch is dealt out, rank r taking rows r, r+W, …, and every rank divides by
 the whole batch's token count. The model is wrapped by ``ray.train.torch.prepare_model`` (DDP,
@@ -47,19 +50,19 @@ def plan(n: int, epochs: int, batch: int, rng) -> list[list[list[int]]]:
 
 
 def sft_step(model, opt, batch: list, rank: int, world: int, pad_id: int, budget: int,
-             grad_clip: float, device: str = "cpu") -> float:
+             grad_clip: float, device: str = "cpu", first_weight: float = 1.0) -> float:
     """One optimizer step on ``batch`` (every rank holds the whole batch, runs its share); the
     whole batch's loss (see the module docstring)."""
     from actors.data_parallel import sum_over_ranks
     opt.zero_grad(set_to_none=True)
-    total = backward_share(model, batch, rank, world, pad_id, budget, device)
+    total = backward_share(model, batch, rank, world, pad_id, budget, device, first_weight)
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
     opt.step()
     return sum_over_ranks(total, world)
 
 
 def backward_share(model, batch: list, rank: int, world: int, pad_id: int, budget: int,
-                   device: str = "cpu") -> float:
+                   device: str = "cpu", first_weight: float = 1.0) -> float:
     """Gradients of rank ``rank``'s share of ``batch``, scaled so that their average over the
     ``world`` ranks is the gradient of the whole batch's loss; this share's part of that loss."""
     from actors import grpo
@@ -68,7 +71,7 @@ def backward_share(model, batch: list, rank: int, world: int, pad_id: int, budge
     mine = batch[rank::world]
     weight = 1.0 if mine else 0.0
     chunks = micro_batches(mine or batch[:1], budget)
-    tokens = float(sum(len(s.token_ids) for s in batch))
+    tokens = float(sum(len(s.token_ids) - 1 + first_weight for s in batch))
     total = 0.0
     for k, mb in enumerate(chunks):
         syncing = k == len(chunks) - 1 or not hasattr(model, "no_sync")
@@ -76,6 +79,7 @@ def backward_share(model, batch: list, rank: int, world: int, pad_id: int, budge
             logp, mask = completion_logprobs(model, mb, pad_id, str(device), whole_sequences=True)
             ones = torch.ones(len(mb), device=logp.device)
             per_token = grpo.POLICY_LOSSES["vanilla_pg"](logp, logp.detach(), ones)
+            mask[:, 0] *= first_weight
             loss = grpo.AGGREGATIONS["token-mean"](per_token, mask, tokens) * weight
             (loss * world).backward()
         total += float(loss.detach())
@@ -84,7 +88,8 @@ def backward_share(model, batch: list, rank: int, world: int, pad_id: int, budge
 
 def train_sft(config: dict) -> None:
     """The worker function. ``config``: model, lr, grad_clip, trainable_layers, micro_batch_tokens,
-    threads, seed, version, rows ([ref] of [(prompt ids, completion ids)]), plan, start ([ref] of
+    threads, seed, version, rows ([ref] of [(prompt ids, completion ids)]), plan, first_weight
+    (optional, 1: plain token-mean), start ([ref] of
     the packed weights to start from, or None: the base model), fail_once (tests: a marker path;
     the first attempt fails after its first checkpoint)."""
     import ray
@@ -112,7 +117,8 @@ def train_sft(config: dict) -> None:
     for epoch in range(done, len(config["plan"])):
         for idx in config["plan"][epoch]:
             losses.append(sft_step(model, opt, [rows[i] for i in idx], rank, world, pad_id,
-                                   config["micro_batch_tokens"], config["grad_clip"], device))
+                                   config["micro_batch_tokens"], config["grad_clip"], device,
+                                   config.get("first_weight", 1.0)))
             taken += 1
             if rank == 0:
                 progress(f"epoch {epoch + 1}/{len(config['plan'])}, step", taken, steps, started, losses[-1])

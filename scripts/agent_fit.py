@@ -5,6 +5,7 @@ same training prompts: how many replies are exactly the reference, and how many 
 action kind (the decision; the rest of a reply is coordinates and boilerplate).
 
     python scripts/agent_fit.py RUN_DIR [--lr 2e-4] [--layers 10|all] [--epochs 6] [--batch 2]
+                                        [--decision-weight 1]
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--decision-weight", type=float, default=1.0,
+                    help="the first reply token's weight in the loss (agent.decision_weight)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -72,7 +75,8 @@ def main() -> None:
     model.train()
     start = time.monotonic()
     for epoch, steps in enumerate(plan(len(data), args.epochs, args.batch, random.Random(0)), 1):
-        losses = [sft_step(model, opt, [data[i] for i in idx], 0, 1, tok.pad_token_id, 8192, 1.0) for idx in steps]
+        losses = [sft_step(model, opt, [data[i] for i in idx], 0, 1, tok.pad_token_id, 8192, 1.0,
+                           first_weight=args.decision_weight) for idx in steps]
         print(f"epoch {epoch}: loss {sum(losses) / len(losses):.3f} ({time.monotonic() - start:.0f} s)", flush=True)
         if epoch % 2 == 0 or epoch == args.epochs:
             evaluate(epoch)

@@ -71,7 +71,7 @@ def test_success_rows_label_every_step_positive_and_corruptions_negative():
 def test_failure_rows_keep_only_known_steps():
     ok = good_rollout()
     failed = Rollout(WIFI, [step("home", OPEN, "open Settings"),            # on the good path → 1
-                            step("settings", Action("swipe", direction="up"), "swipe up"),   # unknown
+                            step("settings", Action("swipe", direction="up"), "swipe up"),   # no effect → 0
                             step("settings", Action("open", text="Nope"), "open Nope",
                                  error="unknown_app: Nope"),                 # rejected → 0
                             step("settings-2", DONE, "terminate success")],  # refuted → 0
@@ -82,9 +82,25 @@ def test_failure_rows_keep_only_known_steps():
         texts.update(step_texts(r))
     rows = failure_rows([failed], [ok], book, texts, "gen1:failed")
     assert [(r.action, r.label, r.final) for r in rows] == [
-        ("open Settings", 1, False), ("open Nope", 0, False), ("terminate success", 0, True)]
+        ("open Settings", 1, False), ("swipe up", 0, False), ("open Nope", 0, False),
+        ("terminate success", 0, True)]
     crashed = Rollout(WIFI, failed.steps, done=True, success=False, crashed="device gone")
     assert failure_rows([crashed], [ok], book, texts, "x") == []
+    looped = Rollout(WIFI, [step("home", OPEN, "open Settings"),                      # unknown
+                            step("settings", Action("wait", time=1.0), "wait 1s"),      # may change nothing
+                            step("settings", TAP, 'click "Wi-Fi"'),                     # changed the screen
+                            step("settings-2", TAP, 'click "Wi-Fi"'),                   # no effect → 0
+                            step("settings-2", TAP, 'click "Wi-Fi"')],                  # last: unknown
+                     done=True, success=False)
+    book.add(looped)
+    rows = failure_rows([looped], [], book, texts | step_texts(looped), "gen1:failed")
+    assert [(r.screen_id, r.action, r.label) for r in rows] == [("settings-2", 'click "Wi-Fi"', 0)]
+    # a sibling beam with the same first steps: its shared negative is not counted twice
+    sibling = Rollout(WIFI, looped.steps[:4] + [step("settings-2", DONE, "terminate success")],
+                      done=True, success=False)
+    rows = failure_rows([looped, sibling], [], book, texts | step_texts(looped), "gen1:failed")
+    assert [(r.screen_id, r.action, r.label) for r in rows] == [
+        ("settings-2", 'click "Wi-Fi"', 0), ("settings-2", "terminate success", 0)]
 
 
 def test_verified_rows_use_the_rules_against_the_reference():

@@ -70,3 +70,48 @@ def test_sft_rows_are_reproduced_by_the_sampler_after_the_prefix(tiny_lm):
     sampler.load_weights(pack_state(sorted(trainable_state(model).items()), 1, None))
     out = sampler.generate(PROMPTS, SamplingParams(n=1, temperature=0.0, max_new_tokens=4), prefix)
     assert [(c.text, c.finished) for c in out] == [(f"{w} done", True) for w in ANSWERS]
+
+
+def test_decision_weight_scales_the_first_token_in_the_loss_and_its_normaliser(tiny_lm):
+    """L = −Σᵢ (w·log π(yᵢ₀) + Σₜ≥₁ log π(yᵢₜ)) / Σᵢ (|yᵢ| − 1 + w), checked against log-probs computed
+    apart; w = 1 is the plain token-mean; micro-batches split the same sum."""
+    from actors.logprobs import completion_logprobs
+    from actors.sft import backward_share
+    torch.manual_seed(0)
+    model, tok, _ = load_policy(tiny_lm, "float32", "cpu")
+    batch = [Sample(tok.encode(p), tok.encode(f" {w} done" + " and so on" * i) + [tok.eos_token_id], 1.0)
+             for i, (p, w) in enumerate(zip(PROMPTS[:3], ANSWERS[:3]))]
+    with torch.no_grad():
+        logp, mask = completion_logprobs(model, batch, tok.pad_token_id, whole_sequences=True)
+    rows = [[float(x) for x, m in zip(lp, mk) if m] for lp, mk in zip(logp, mask)]
+    assert len({len(r) for r in rows}) > 1                       # completions of different lengths
+    for w in (1.0, 6.0):
+        want = -sum(w * r[0] + sum(r[1:]) for r in rows) / sum(len(r) - 1 + w for r in rows)
+        for budget in (100000, 8):                              # one micro-batch, then one per row
+            model.zero_grad()
+            got = backward_share(model, batch, 0, 1, tok.pad_token_id, budget, first_weight=w)
+            assert got == pytest.approx(want, rel=1e-5)
+    plain = -sum(sum(r) for r in rows) / sum(map(len, rows))
+    model.zero_grad()
+    assert backward_share(model, batch, 0, 1, tok.pad_token_id, 100000) == pytest.approx(plain, rel=1e-5)
+
+
+def test_decision_weight_reaches_the_sft_worker(monkeypatch):
+    """agent.decision_weight → the Ray Train config's first_weight (what train_sft hands sft_step)."""
+    import services.ray_train
+    from types import SimpleNamespace
+
+    from jobs.uigenie.training import Training
+    from services.config import parse_config
+    cfg = parse_config({"job": "uigenie", "agent": {"decision_weight": 6.0}})
+    seen = {}
+    def fit(fn, config, train, storage, name):
+        seen.update(config)
+        raise RuntimeError("stop after the config")
+    monkeypatch.setattr(services.ray_train, "fit", fit)
+    training = Training(cfg, "unused", sampler=None, rm=None)
+    monkeypatch.setattr(training, "encode", lambda rows: [([1, 2], [3])] * len(rows))
+    monkeypatch.setattr("ray.put", lambda x: x)
+    with pytest.raises(RuntimeError, match="stop after the config"):
+        training.sft([{"prompt": "p", "completion": "c"}], 1, 1, 1e-4, random.Random(0))
+    assert seen["first_weight"] == 6.0 and seen["lr"] == 1e-4

@@ -54,6 +54,8 @@ class UIGenieAgentConfig(Strict):
                                         "move every weight by about lr even where the loss is ~0")
     sft_batch: int = Field(2, ge=1, description="examples per optimizer step; small, because the "
                            "decisions (action kind, element) need many steps to be learned")
+    decision_weight: float = Field(1.0, gt=0, description="weight of a reply's first token, the action "
+                                   "kind, in the SFT loss (1: plain token-mean; actors/sft.py)")
     grad_clip: float = Field(1.0, gt=0)
     trainable_layers: Optional[int] = Field(10, ge=1, description="SFT only the top N layers (None: all)")
     micro_batch_tokens: int = Field(8192, ge=1, description="padded tokens per micro-batch (per worker)")

@@ -6,8 +6,10 @@ UI-Genie's data rules, in order of use:
 - each generation, successful trajectories found by beam search → agent data, and RM positives;
   the three controlled corruptions of them → RM negatives (mostly outcome-level);
 - failed trajectories: a step is known correct when the same action on the same screen lies on a
-  successful trajectory of the task (→ positive); a "task complete" that the outcome check refuted
-  and an action the device rejected are known wrong (→ negative); other steps stay unlabelled;
+  successful trajectory of the task (→ positive); a "task complete" that the outcome check refuted,
+  an action the device rejected and an action that left the screen as it was are known wrong
+  (→ negative); other steps stay unlabelled; sibling beams share their first steps, so each
+  example is kept once;
 - hard negatives: negatives the current RM scores positive are repeated in the next training set.
 """
 from __future__ import annotations
@@ -117,7 +119,7 @@ def failure_rows(failed: list[Rollout], successes: list[Rollout], book: ScreenBo
     """Known-correct and known-wrong steps of failed trajectories (see the module docstring)."""
     good = {(r.task.id, s.screen_id, s.action.to_tool_call())
             for r in successes for s in r.steps if s.action is not None and s.error is None}
-    rows = []
+    rows, seen = [], set()
     for r in failed:
         if r.crashed:
             continue
@@ -128,11 +130,25 @@ def failure_rows(failed: list[Rollout], successes: list[Rollout], book: ScreenBo
             if key in good:
                 step.ok = True
                 picked.append(i)
-            elif step.ok is False or (step.action.kind == "terminate" and step.action.text == "success"):
+            elif step.ok is False or (step.action.kind == "terminate" and step.action.text == "success") \
+                    or _no_effect(traj.steps, i):
                 step.ok = False
                 picked.append(i)
-        rows += rm_rows(traj, book, texts, source, only=picked)
+        for row in rm_rows(traj, book, texts, source, only=picked):
+            key = (row.task_id, row.screen_id, row.action, tuple(row.history))
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
     return rows
+
+
+def _no_effect(steps: list[Step], i: int) -> bool:
+    """The action left the screen exactly as it was (the next step saw the same screen): a click
+    on a field that already has focus, the open app opened again — the loop a weak agent falls
+    into, and that the RM, never shown it, scored 1.00. Waiting may rightly change nothing; the
+    last step has no next screen to judge by."""
+    return (i + 1 < len(steps) and steps[i].action.kind not in ("wait", "terminate")
+            and steps[i + 1].screen_id == steps[i].screen_id)
 
 
 def verified_rows(reference: Rollout, proposals: list[list], bounds: list, size: tuple[int, int],
