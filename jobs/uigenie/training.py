@@ -41,7 +41,8 @@ class Training:
             return {"agent/sft_loss_first": 0.0, "agent/sft_loss_last": 0.0, "agent/sft_steps": 0.0}
         encoded = self.encode(rows)
         a = self.cfg.agent
-        config = {"model": self.cfg.model.name, "lr": lr, "first_weight": a.decision_weight, "grad_clip": a.grad_clip,
+        config = {"model": self.cfg.model.name, "lr": lr, "first_weight": a.decision_weight,
+                  "grad_clip": a.grad_clip,
                   "trainable_layers": a.trainable_layers, "micro_batch_tokens": a.micro_batch_tokens,
                   "threads": self.cfg.sampler.threads, "seed": self.cfg.loop.seed,
                   "version": self.version + 1, "rows": [ray.put(encoded)], "start": self.agent,
