@@ -1,14 +1,16 @@
 """Batched sampling for transformers models with one prefill per prompt.
 
 Each prompt is prefilled once; its KV cache is repeated for its ``n`` samples, so a group of n
-samples costs one prompt forward instead of n. Decoding is a plain loop of one-token forwards that
+samples costs one prompt forward instead of n (and ``greedy`` decodes one more reply per prompt
+from a copy of the same cache: the reply a temperature-0 call would give, without its prefill). Decoding is a plain loop of one-token forwards that
 records the log-probability of each sampled token under the (temperature-scaled) sampling
 distribution, which is what the learner needs as π_old.
 """
 from __future__ import annotations
 
+import copy
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -93,9 +95,9 @@ def token_batches(lengths: list[int], budget: int) -> list[list[int]]:
 def generate_groups(model, prompts: list[list[int]], n: int, max_new_tokens: int, eos_ids: set[int],
                     pad_id: int, temperature: float = 1.0, top_p: float = 1.0,
                     seed: int | None = None, device="cpu", prefill_inputs: dict | None = None,
-                    batch_tokens: int | None = None) -> SampledBatch:
+                    batch_tokens: int | None = None, greedy: bool = False) -> SampledBatch:
     """Sample ``n`` completions for each tokenised prompt (see module docstring), grouped by prompt
-    in order. ``prefill_inputs``: more inputs of the prompt forward, one row per prompt (a VLM's
+    in order; ``greedy``: each prompt's greedy completion first, then its ``n`` samples. ``prefill_inputs``: more inputs of the prompt forward, one row per prompt (a VLM's
     ``pixel_values``); the decoding steps only read the cache.
 
     ``batch_tokens``: prompts of similar length run together, at most that many padded prompt
@@ -112,7 +114,7 @@ def generate_groups(model, prompts: list[list[int]], n: int, max_new_tokens: int
     for rows in batches:
         extra = {k: v[torch.tensor(rows, device=v.device)] for k, v in (prefill_inputs or {}).items()}
         b = _generate(model, [prompts[i] for i in rows], n, max_new_tokens, eos_ids, pad_id,
-                      temperature, top_p, generator, device, extra)
+                      temperature, top_p, generator, device, extra, greedy)
         samples += [(rows[p], *s) for p, *s in zip(b.prompt_index, b.token_ids, b.logprobs, b.finished)]
     samples.sort(key=lambda s: s[0])            # stable: each prompt's n samples keep their order
     return SampledBatch(*(list(col) for col in zip(*samples))) if samples else SampledBatch([], [], [], [])
@@ -120,14 +122,30 @@ def generate_groups(model, prompts: list[list[int]], n: int, max_new_tokens: int
 
 def _generate(model, prompts: list[list[int]], n: int, max_new_tokens: int, eos_ids: set[int],
               pad_id: int, temperature: float, top_p: float, generator: torch.Generator | None,
-              device, prefill_inputs: dict) -> SampledBatch:
+              device, prefill_inputs: dict, greedy: bool = False) -> SampledBatch:
     ids, mask = (t.to(device) for t in left_pad(prompts, pad_id))
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                 logits_to_keep=1, **prefill_inputs)
-    cache = output_cache(out)
+    cache, logits = output_cache(out), out.logits[:, -1]
+    first = [_decode(model, copy.deepcopy(cache), logits, mask, positions, 1, max_new_tokens, eos_ids,
+                     pad_id, 0.0, top_p, None, device)] if greedy else []
+    return joined(*first, _decode(model, cache, logits, mask, positions, n, max_new_tokens, eos_ids, pad_id,
+                                  temperature, top_p, generator, device))
+
+
+def joined(*batches: SampledBatch) -> SampledBatch:
+    """The batches' completions one after the other (``generate_groups`` then groups them by prompt,
+    keeping this order within a prompt)."""
+    return SampledBatch(*([x for b in batches for x in getattr(b, f.name)] for f in fields(SampledBatch)))
+
+
+def _decode(model, cache, logits: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, n: int,
+            max_new_tokens: int, eos_ids: set[int], pad_id: int, temperature: float, top_p: float,
+            generator: torch.Generator | None, device) -> SampledBatch:
+    """``n`` completions per prompt from its prefill (``cache``, last ``logits``; the cache grows)."""
     cache.batch_repeat_interleave(n)
-    logits = out.logits[:, -1].repeat_interleave(n, dim=0)
+    logits = logits.repeat_interleave(n, dim=0)
     mask = mask.repeat_interleave(n, dim=0)
     next_pos = positions[:, -1:].repeat_interleave(n, dim=0) + 1
     rows = logits.shape[0]

@@ -85,6 +85,12 @@ def sequence_logprobs(model, samples: list[Sample], pad_id: int, device: str = "
     logits = model(input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
                    use_cache=False, logits_to_keep=longest + 1,
                    **(vision.pixel_inputs(images, device) if images else {})).logits
+    return completion_logprobs_at_end(logits, samples, pad_id, device)
+
+
+def completion_logprobs_at_end(logits: torch.Tensor, samples: list[Sample], pad_id: int, device: str):
+    """Log-probs and mask [S, T] from the logits of a left-padded forward's last T + 1 positions."""
+    longest = max(len(s.token_ids) for s in samples)
     comp, comp_mask = completion_targets(samples, pad_id, device)
     at = torch.tensor([[min(longest - len(s.token_ids) + j, longest) for j in range(comp.shape[1])]
                        for s in samples], device=device)

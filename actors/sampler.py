@@ -35,6 +35,7 @@ class SamplingParams:
     top_p: float = 1.0
     max_new_tokens: int = 12
     seed: int | None = None
+    greedy: bool = False      # one more completion per prompt, first in its group: the greedy one
 
 
 @dataclass
@@ -194,14 +195,20 @@ class TransformersBackend:
         self.eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
 
     def generate(self, prompt_ids, p: SamplingParams, images: list[bytes] | None = None):
-        from actors.generation import generate_groups, generate_static
+        from actors.generation import generate_groups, generate_static, joined
         prefill = self.vision.pixel_inputs([i for i in images if i], self.model.device) if images else None
         args = (self.model, prompt_ids, p.n, p.max_new_tokens, self.eos_ids, self.tokenizer.pad_token_id,
                 p.temperature, p.top_p, p.seed)
-        b = (generate_static(*args, device=self.model.device, prefill_inputs=prefill) if self.static_cache
-             else generate_groups(*args, device=self.model.device, prefill_inputs=prefill,
-                                  batch_tokens=self.batch_tokens))
-        return list(zip(b.prompt_index, b.token_ids, b.logprobs, b.finished))
+        if not self.static_cache:
+            b = generate_groups(*args, device=self.model.device, prefill_inputs=prefill,
+                                batch_tokens=self.batch_tokens, greedy=p.greedy)
+            return list(zip(b.prompt_index, b.token_ids, b.logprobs, b.finished))
+        b = generate_static(*args, device=self.model.device, prefill_inputs=prefill)
+        if p.greedy:                  # HF generate has no shared prefill to decode it from
+            b = joined(generate_static(self.model, prompt_ids, 1, p.max_new_tokens, self.eos_ids,
+                                       self.tokenizer.pad_token_id, 0.0, p.top_p, None,
+                                       device=self.model.device, prefill_inputs=prefill), b)
+        return sorted(zip(b.prompt_index, b.token_ids, b.logprobs, b.finished), key=lambda c: c[0])
 
     def load_weights(self, packed: PackedWeights) -> None:
         from actors.weights.pack import load_packed
@@ -280,13 +287,18 @@ class VLLMBackend:
         for prompt, image in zip(prompts, images or []):
             if image is not None:     # ids hold the expanded placeholder; vLLM matches it to the image
                 prompt["multi_modal_data"] = {"image": decode_image(image)}
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        asks = [(prompts, params)]
+        if p.greedy:                  # requests of their own (the prefix cache may reuse the prompt's blocks)
+            asks.insert(0, (prompts, vllm.SamplingParams(n=1, temperature=0.0, max_tokens=p.max_new_tokens,
+                                                         logprobs=0)))
+        outputs = self.llm.generate([q for qs, _ in asks for q in qs],
+                                    [sp for qs, sp in asks for _ in qs], use_tqdm=False)
         result = []
-        for pi, out in enumerate(outputs):
+        for i, out in enumerate(outputs):
             for c in out.outputs:
                 lps = [step[tok].logprob for tok, step in zip(c.token_ids, c.logprobs)]
-                result.append((pi, list(c.token_ids), lps, c.finish_reason == "stop"))
-        return result
+                result.append((i % len(prompts), list(c.token_ids), lps, c.finish_reason == "stop"))
+        return sorted(result, key=lambda r: r[0])
 
     def load_weights(self, packed: PackedWeights) -> None:
         from actors.weights.vllm_worker import packed_to_rpc

@@ -15,7 +15,9 @@ the whole batch's token count. The model is wrapped by ``ray.train.torch.prepare
 gloo on CPUs), which averages gradients over ranks: each rank's loss is multiplied by W so the
 average is the sum, and the step equals the one-process step on the whole batch. Micro-batches
 (``micro_batch_tokens``) accumulate under ``no_sync``; a rank with no rows runs one row with
-weight 0, since every rank must take part in each gradient all-reduce.
+weight 0, since every rank must take part in each gradient all-reduce. Below ``trainable_layers``
+each row's hidden states are computed once and kept for the later epochs
+(``actors/frozen_layers.py``).
 
 After every epoch rank 0 writes a checkpoint — the trainable parameters (``model.safetensors``)
 and ``sft.json`` (epochs done, step losses, policy version) — through ``ray.train.report``. A
@@ -50,21 +52,22 @@ def plan(n: int, epochs: int, batch: int, rng) -> list[list[list[int]]]:
 
 
 def sft_step(model, opt, batch: list, rank: int, world: int, pad_id: int, budget: int,
-             grad_clip: float, device: str = "cpu", first_weight: float = 1.0) -> float:
+             grad_clip: float, device: str = "cpu", first_weight: float = 1.0, frozen=None) -> float:
     """One optimizer step on ``batch`` (every rank holds the whole batch, runs its share); the
     whole batch's loss (see the module docstring)."""
     from actors.data_parallel import sum_over_ranks
     opt.zero_grad(set_to_none=True)
-    total = backward_share(model, batch, rank, world, pad_id, budget, device, first_weight)
+    total = backward_share(model, batch, rank, world, pad_id, budget, device, first_weight, frozen)
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
     opt.step()
     return sum_over_ranks(total, world)
 
 
 def backward_share(model, batch: list, rank: int, world: int, pad_id: int, budget: int,
-                   device: str = "cpu", first_weight: float = 1.0) -> float:
+                   device: str = "cpu", first_weight: float = 1.0, frozen=None) -> float:
     """Gradients of rank ``rank``'s share of ``batch``, scaled so that their average over the
-    ``world`` ranks is the gradient of the whole batch's loss; this share's part of that loss."""
+    ``world`` ranks is the gradient of the whole batch's loss; this share's part of that loss.
+    ``frozen``: a ``FrozenBottom`` that keeps the frozen layers' output of each row."""
     from actors import grpo
     from actors.logprobs import completion_logprobs
     from actors.ppo_update import micro_batches
@@ -76,7 +79,8 @@ def backward_share(model, batch: list, rank: int, world: int, pad_id: int, budge
     for k, mb in enumerate(chunks):
         syncing = k == len(chunks) - 1 or not hasattr(model, "no_sync")
         with nullcontext() if syncing else model.no_sync():
-            logp, mask = completion_logprobs(model, mb, pad_id, str(device), whole_sequences=True)
+            logp, mask = (frozen.logprobs(model, mb, pad_id, str(device)) if frozen is not None
+                          else completion_logprobs(model, mb, pad_id, str(device), whole_sequences=True))
             ones = torch.ones(len(mb), device=logp.device)
             per_token = grpo.POLICY_LOSSES["vanilla_pg"](logp, logp.detach(), ones)
             mask[:, 0] *= first_weight
@@ -96,6 +100,7 @@ def train_sft(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from actors.frozen_layers import FrozenBottom, frozen_depth
     from actors.logprobs import Sample
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -110,6 +115,7 @@ def train_sft(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)           # onto this worker's device; DDP when W > 1
     device = ray.train.torch.get_device()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config["lr"])
+    frozen = FrozenBottom(model, depth) if (depth := frozen_depth(model)) else None
     rows = [Sample(list(p), list(t), 1.0) for p, t in ray.get(config["rows"][0])]
     # to the worker's own stdout: Ray Train's patched print would log the line and echo it, twice
     started, steps, taken = time.monotonic(), sum(len(e) for e in config["plan"][done:]), 0
@@ -118,7 +124,7 @@ def train_sft(config: dict) -> None:
         for idx in config["plan"][epoch]:
             losses.append(sft_step(model, opt, [rows[i] for i in idx], rank, world, pad_id,
                                    config["micro_batch_tokens"], config["grad_clip"], device,
-                                   config.get("first_weight", 1.0)))
+                                   config.get("first_weight", 1.0), frozen))
             taken += 1
             if rank == 0:
                 progress(f"epoch {epoch + 1}/{len(config['plan'])}, step", taken, steps, started, losses[-1])

@@ -124,7 +124,9 @@ def benchmarks() -> dict:
     out = {"weight-sync": Bench("learner → samplers weight sync against an in-process copy",
                                 weight_sync_args, bench_weight_sync),
            "sampler": Bench("generation tokens/s: the vLLM backend, the transformers backend, plain HF generate",
-                            lazy("services.bench_sampler", "add_args"), lazy("services.bench_sampler", "run"))}
+                            lazy("services.bench_sampler", "add_args"), lazy("services.bench_sampler", "run")),
+           "sft": Bench("a fine-tuning step with the frozen layers run every step vs kept per row",
+                        lazy("services.bench_sft", "add_args"), lazy("services.bench_sft", "run"))}
     for job in all_jobs():
         out.update(job.benches)
     return out

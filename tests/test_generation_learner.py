@@ -4,6 +4,7 @@ that compute the same log-probabilities are compared with each other and with a 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -125,6 +126,34 @@ def test_generate_groups_in_length_batches_samples_are_seeded_and_exact(lm, prom
     for i, lps in enumerate(b.logprobs):
         torch.testing.assert_close(logp[i, :len(lps)], torch.tensor(lps), atol=1e-4, rtol=0)
     assert generate_groups(model, [], 3, 8, MANY_EOS, tok.pad_token_id, **kw).token_ids == []
+
+
+@pytest.mark.parametrize("budget", [None, 1])
+def test_greedy_from_the_shared_prefill_is_a_greedy_call_and_samples_stay(lm, prompts, budget):
+    """``greedy`` adds each prompt's temperature-0 completion, first in its group, and leaves the
+    seeded samples exactly as a call without it draws them (one batch and one prompt per batch)."""
+    model, tok = lm
+    kw = dict(seed=3, batch_tokens=budget)
+    both = generate_groups(model, prompts, 3, 8, MANY_EOS, tok.pad_token_id, greedy=True, **kw)
+    samples = generate_groups(model, prompts, 3, 8, MANY_EOS, tok.pad_token_id, **kw)
+    best = generate_groups(model, prompts, 1, 8, MANY_EOS, tok.pad_token_id, temperature=0.0, **kw)
+    assert both.prompt_index == [i for i in range(len(prompts)) for _ in range(4)]
+    assert both.token_ids[0::4] == best.token_ids and both.finished[0::4] == best.finished
+    assert [t for i, t in enumerate(both.token_ids) if i % 4] == samples.token_ids
+    assert [x for i, x in enumerate(both.logprobs) if i % 4] == samples.logprobs
+    assert len(set(map(tuple, samples.token_ids))) > len(prompts)      # real samples, not copies
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_sampler_greedy_comes_first_in_each_group(tiny_lm, static):
+    sampler = Sampler(SamplerSettings(model=tiny_lm, threads=1, static_cache=static))
+    params_ = SamplingParams(n=2, temperature=1.0, max_new_tokens=6, seed=0)
+    out = sampler.generate(PROMPT_TEXTS[:2], replace(params_, greedy=True))
+    best = sampler.generate(PROMPT_TEXTS[:2], SamplingParams(n=1, temperature=0.0, max_new_tokens=6))
+    assert [c.prompt_index for c in out] == [0, 0, 0, 1, 1, 1]
+    assert [out[0].token_ids, out[3].token_ids] == [c.token_ids for c in best]
+    assert [c.token_ids for c in out if c not in (out[0], out[3])] == \
+        [c.token_ids for c in sampler.generate(PROMPT_TEXTS[:2], params_)]
 
 
 def test_generate_groups_max_new_tokens_one(lm, prompts):

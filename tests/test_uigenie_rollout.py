@@ -110,9 +110,11 @@ def test_beam_search_ranks_the_greedy_action_among_its_samples():
     t = task("settings.wifi.off")
     plan = reference(t)
     wrong = [target_completion(Action("system_button", text="Home")), target_completion(Action("wait", time=1.0))]
+    asked = []
     def generate(prompts, params, prefix):
-        k = n_done(prompts[0])
-        texts = [target_completion(plan[min(k, len(plan) - 1)])] if params.temperature == 0 else wrong[:params.n]
+        asked.append(params.greedy)
+        right = target_completion(plan[min(n_done(prompts[0]), len(plan) - 1)])
+        texts = [right] * params.greedy + (wrong[:params.n] if params.temperature > 0 else [right])
         return [Completion(i, [], [], [], x, True, 0) for i in range(len(prompts)) for x in texts]
     calls = []
     def score(children):
@@ -124,10 +126,11 @@ def test_beam_search_ranks_the_greedy_action_among_its_samples():
                             n=2, temperature=1.0, score=score, width=1, greedy=greedy)
     assert not any(r.success for r in beam(greedy=False))
     assert calls and all(c == 2 for c in calls)
-    calls.clear()
+    calls.clear(), asked.clear()
     [r] = [r for r in beam(greedy=True) if r.success]
     assert [s.action for s in r.steps] == plan
     assert calls[0] == 3                # the greedy proposal and both samples were scored
+    assert all(asked)                   # one call a step: the greedy reply comes with the samples
 
 
 def test_a_crashed_device_fails_its_episode_not_the_run():

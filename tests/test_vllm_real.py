@@ -72,6 +72,16 @@ def test_sampled_logprobs_match_a_transformers_forward(sampler, reference, promp
         torch.testing.assert_close(torch.tensor(lps), ref, atol=2e-3, rtol=0)
 
 
+def test_greedy_with_samples_comes_first_and_leaves_the_samples(sampler, reference, prompt_ids):
+    """``greedy``: each prompt's greedy reply first in its group (the transformers backend's), then
+    the seeded samples a call without it gives, in one engine call of mixed sampling parameters."""
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=8, seed=5)
+    both = sampler.backend.generate(prompt_ids, SamplingParams(**{**params.__dict__, "greedy": True}))
+    assert [o[0] for o in both] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert [both[0][1], both[4][1]] == greedy(reference, prompt_ids, 8)
+    assert [o[1] for i, o in enumerate(both) if i % 4] == [o[1] for o in sampler.backend.generate(prompt_ids, params)]
+
+
 def perturbed(model, scale: float = 0.02) -> list[tuple[str, torch.Tensor]]:
     gen = torch.Generator().manual_seed(0)
     return [(n, p.detach() + scale * torch.randn(p.shape, generator=gen)) for n, p in model.named_parameters()]

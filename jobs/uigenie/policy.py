@@ -57,13 +57,15 @@ def to_proposal(text: str, finished: bool) -> Proposal:
 
 
 def propose(generate, prompts: list[str], n: int, temperature: float, max_new_tokens: int,
-            seed: Optional[int] = None) -> list[list[Proposal]]:
-    """``n`` proposals per prompt. ``generate(prompts, params, reply_prefix)`` is the Sampler's
-    ``generate`` (one batched generation; each prompt's prefill is shared by its n samples)."""
+            seed: Optional[int] = None, greedy: bool = False) -> list[list[Proposal]]:
+    """``n`` proposals per prompt (``greedy``: the greedy one first, then n). ``generate(prompts,
+    params, reply_prefix)`` is the Sampler's ``generate`` (one batched generation; each prompt's
+    prefill is shared by its samples)."""
     from actors.sampler import SamplingParams
     if not prompts:
         return []
-    params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+    params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
+                            greedy=greedy)
     out: list[list[Proposal]] = [[] for _ in prompts]
     for c in generate(prompts, params, REPLY_PREFIX):
         out[c.prompt_index].append(to_proposal(c.text, c.finished))

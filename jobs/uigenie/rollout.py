@@ -187,10 +187,7 @@ def step_frontier(frontier: list[Rollout], ops: EpisodeOps, runner: DeviceRunner
         else:
             live.append((r, obs))
     prompts = [agent_prompt(r.task.goal, r.history(), obs.text, obs.app) for r, obs in live]
-    proposals = propose(policy.generate, prompts, n, temperature, policy.max_new_tokens, policy.seed)
-    if greedy:
-        best = propose(policy.generate, prompts, 1, 0.0, policy.max_new_tokens, policy.seed)
-        proposals = [g + p for g, p in zip(best, proposals)]
+    proposals = propose(policy.generate, prompts, n, temperature, policy.max_new_tokens, policy.seed, greedy)
     expanded: list[list[Rollout]] = []
     for (r, obs), prompt, props in zip(live, prompts, proposals):
         expanded.append([r.extend(_step_of(obs, prompt, p)) for p in _dedupe(props)])
