@@ -54,15 +54,15 @@ def run(args) -> int:
     if args.epochs < 2:
         raise ValueError("--epochs must be at least 2: the kept bottom pays off from the second epoch")
     console = Console()
-    rng = random.Random(0)
-    rows = [Sample([rng.randrange(100, 40000) for _ in range(rng.randint(*args.prompt_tokens))],
-                   [rng.randrange(100, 40000) for _ in range(rng.randint(*args.reply_tokens))], 1.0)
-            for _ in range(args.rows)]
     per_epoch = -(-args.rows // args.batch)
-    result_rows = []
+    result_rows, rows = [], None
     for kept in (False, True):
         torch.manual_seed(0)
         model, _, _ = load_policy(args.model, "float32", "cpu")
+        rng, vocab = random.Random(0), model.config.vocab_size      # ids 0-2: specials in small vocabularies
+        rows = rows or [Sample([rng.randrange(3, vocab) for _ in range(rng.randint(*args.prompt_tokens))],
+                               [rng.randrange(3, vocab) for _ in range(rng.randint(*args.reply_tokens))], 1.0)
+                        for _ in range(args.rows)]
         freeze_below(model, args.trainable_layers)
         model.train()
         depth = frozen_depth(model)
