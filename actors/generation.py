@@ -2,9 +2,9 @@
 
 Each prompt is prefilled once; its KV cache is repeated for its ``n`` samples, so a group of n
 samples costs one prompt forward instead of n (and ``greedy`` decodes one more reply per prompt
-from a copy of the same cache: the reply a temperature-0 call would give, without its prefill). Decoding is a plain loop of one-token forwards that
-records the log-probability of each sampled token under the (temperature-scaled) sampling
-distribution, which is what the learner needs as π_old.
+from a copy of the same cache: the reply a temperature-0 call would give, without its prefill).
+Decoding is a plain loop of one-token forwards that records the log-probability of each sampled
+token under the (temperature-scaled) sampling distribution, which is what the learner needs as π_old.
 """
 from __future__ import annotations
 
@@ -97,7 +97,8 @@ def generate_groups(model, prompts: list[list[int]], n: int, max_new_tokens: int
                     seed: int | None = None, device="cpu", prefill_inputs: dict | None = None,
                     batch_tokens: int | None = None, greedy: bool = False) -> SampledBatch:
     """Sample ``n`` completions for each tokenised prompt (see module docstring), grouped by prompt
-    in order; ``greedy``: each prompt's greedy completion first, then its ``n`` samples. ``prefill_inputs``: more inputs of the prompt forward, one row per prompt (a VLM's
+    in order; ``greedy``: each prompt's greedy completion first, then its ``n`` samples.
+    ``prefill_inputs``: more inputs of the prompt forward, one row per prompt (a VLM's
     ``pixel_values``); the decoding steps only read the cache.
 
     ``batch_tokens``: prompts of similar length run together, at most that many padded prompt
