@@ -21,7 +21,7 @@ def main() -> None:
 
     from actors.logprobs import Sample, completion_logprobs
     from jobs.uigenie.bench_sampling import load_agent
-    from jobs.uigenie.policy import REPLY_PREFIX, propose
+    from jobs.uigenie.policy import REPLY_PREFIX, propose, reply_kind
     if len(sys.argv) != 2:
         raise SystemExit(__doc__)
     run = Path(sys.argv[1])
@@ -38,11 +38,11 @@ def main() -> None:
             first += logp[:, 0].tolist()
     by_kind = defaultdict(lambda: [0, 0, 0, 0.0])          # rows, exact, right kind, Σ first-token log-prob
     for r, (reply,), lp in zip(rows, replies, first):
-        kind = r["completion"].split('"')[0]
+        kind = reply_kind(r["completion"])
         k = by_kind[kind]
         k[0] += 1
         k[1] += reply.text == r["completion"]
-        k[2] += reply.text.split('"')[0] == kind
+        k[2] += reply_kind(reply.text) == kind
         k[3] += lp
     print(f"{agent}: {len(rows)} training prompts")
     print(f"{'kind':<12}{'rows':>6}{'exact':>7}{'right kind':>12}{'first-token logp':>18}")

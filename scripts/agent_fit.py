@@ -15,10 +15,6 @@ import time
 from collections import Counter
 
 
-def action_kind(completion: str) -> str:
-    return completion.split('"')[0]
-
-
 def main() -> None:
     import pyarrow.parquet as pq
     import torch
@@ -27,7 +23,7 @@ def main() -> None:
     from actors.logprobs import Sample
     from actors.model_loading import load_policy, resolve_model
     from actors.sft import plan, sft_step
-    from jobs.uigenie.policy import REPLY_PREFIX, SYSTEM_PROMPT
+    from jobs.uigenie.policy import REPLY_PREFIX, SYSTEM_PROMPT, reply_kind
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir")
     ap.add_argument("--lr", type=float, default=2e-4)
@@ -64,9 +60,9 @@ def main() -> None:
                 reply = tok.decode(out[0][len(data[i].prompt_ids):], skip_special_tokens=True)
                 want = rows[i]["completion"]
                 exact += reply.strip() == want.strip()
-                kind += action_kind(reply) == action_kind(want)
-                if action_kind(reply) != action_kind(want):
-                    wrong[(action_kind(want), action_kind(reply))] += 1
+                kind += reply_kind(reply) == reply_kind(want)
+                if reply_kind(reply) != reply_kind(want):
+                    wrong[(reply_kind(want), reply_kind(reply))] += 1
         model.train()
         print(f"epoch {epoch}: of {len(check)} training prompts, exact {exact}, right action kind {kind}; "
               f"wrong (wanted, wrote): {wrong.most_common(4)}", flush=True)

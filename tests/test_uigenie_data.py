@@ -11,7 +11,7 @@ from actors.emulator.actions import Action
 from jobs.uigenie.data import (
     ScreenBook, agent_rows, failure_rows, rollout_record, step_texts, success_rows, verified_rows,
     write_parquet)
-from jobs.uigenie.loop import EXTRA_ACTIONS, split_tasks
+from jobs.uigenie.loop import EXTRA_ACTIONS, exploration_round, split_tasks
 from jobs.uigenie.rollout import Rollout, StepRecord
 from services.config import parse_config
 
@@ -144,16 +144,17 @@ def test_split_is_stable_disjoint_and_seed_only_from_seed_levels():
     assert [t.id for t in capped["heldout"]] == [t.id for t in a["heldout"]][:3]
 
 
-
+def test_capped_splits_take_each_template_in_turn():
     @dataclass(frozen=True)
     class Templated(T):
         template: str = ""
     tasks = [Templated(f"{k}.{i}", f"goal {k} {i}", 1, k) for k in "abcd" for i in range(12 if k == "a" else 3)]
     full = split_tasks(parse_config({"job": "uigenie"}), tasks)
     capped = split_tasks(parse_config({"job": "uigenie", "tasks": {"n_explore": 4, "n_heldout": 5}}), tasks)
+    assert [t.id for t in capped["explore"]] == [t.id for t in full["explore"]]   # the pool: all of it
     for name, k in (("explore", 4), ("heldout", 5)):
         kinds = {t.template for t in full[name]}
-        got = capped[name]
+        got = capped[name] if name == "heldout" else exploration_round(capped[name], k, set())
         assert len(got) == min(k, len(full[name]))
         assert {t.template for t in got} == kinds if len(kinds) <= k else len({t.template for t in got}) == k
         for kind in kinds:          # within a template, the uncapped split's order
@@ -182,6 +183,22 @@ def bare_loop(agent: dict, training=None):
     cfg = parse_config({"job": "uigenie", "agent": agent})
     return UIGenieLoop(cfg, SimpleNamespace(root=Path("unused")), SimpleNamespace(note=lambda text: None),
                        None, SimpleNamespace(sampler=None, training=training), None, None, [])
+
+
+def test_an_exploration_round_puts_the_next_task_in_a_solved_ones_place():
+    pool = [T(f"t{i}", f"goal {i}", 1) for i in range(6)]
+    def ids(tasks):
+        return [t.id for t in tasks]
+    assert ids(exploration_round(pool, 3, set())) == ["t0", "t1", "t2"]
+    assert ids(exploration_round(pool, 3, {"t1", "t9"})) == ["t0", "t2", "t3"]
+    assert ids(exploration_round(pool, None, {"t0"})) == ["t1", "t2", "t3", "t4", "t5"]
+    assert exploration_round(pool, 3, {t.id for t in pool}) == []
+    loop = bare_loop({})
+    loop.splits["explore"] = pool
+    loop.solved = {"t0", "t2"}
+    for retire, want in ((True, ["t1", "t3"]), (False, ["t0", "t1"])):
+        loop.cfg = parse_config({"job": "uigenie", "tasks": {"n_explore": 2, "retire_solved": retire}})
+        assert ids(loop.exploring()) == want
 
 
 def test_verify_steps_asks_the_agent_on_a_sample_and_keeps_every_reference():

@@ -29,7 +29,9 @@ class UIGenieTasksConfig(Strict):
         "with parameters the suite never uses (all of the suite is then exploration and held-out)")
     split_fractions: dict[str, float] = {"seed": 0.3, "explore": 0.4, "heldout": 0.3}
     n_seed: Optional[int] = Field(None, ge=1)
-    n_explore: Optional[int] = Field(None, ge=1)
+    n_explore: Optional[int] = Field(None, ge=1, description="exploration tasks a generation (None: all)")
+    retire_solved: bool = Field(False, description="a task beam search has solved is not explored "
+                                 "again; the next of the exploration split takes its place")
     n_heldout: Optional[int] = Field(None, ge=1)
     max_steps: int = Field(8, ge=1)
 

@@ -58,15 +58,22 @@ def split_tasks(cfg, suite: list, seeds: Optional[list] = None) -> dict[str, lis
         if name == "seed" and task.level not in t.seed_levels:
             name = "explore"
         out[name].append(task)
-    caps = {"seed": t.n_seed, "explore": t.n_explore, "heldout": t.n_heldout}
-    return {k: v if not caps[k] else v[:caps[k]] if k == "seed" else _spread(v, caps[k])
-            for k, v in out.items()}
+    return {"seed": out["seed"][:t.n_seed], "explore": _spread(out["explore"], None),
+            "heldout": _spread(out["heldout"], t.n_heldout)}
 
 
-def _spread(tasks: list, k: int) -> list:
-    """The first ``k`` tasks taking each template in turn (hash order within a template): a
-    capped exploration or held-out split meets every kind of task before a second of any, so
-    what beam search can find and what held-out success measures are the same kinds of task."""
+def exploration_round(pool: list, n: Optional[int], solved: set) -> list:
+    """A generation's exploration tasks: the first ``n`` of the pool (templates in turn) that
+    beam search has not solved yet. A solved task's place goes to the next one, so later
+    generations learn from new tasks instead of re-fitting the trajectories of old ones."""
+    return [t for t in pool if t.id not in solved][:n]
+
+
+def _spread(tasks: list, k: Optional[int]) -> list:
+    """The first ``k`` tasks (None: all) taking each template in turn (hash order within a
+    template): a capped exploration round or held-out split meets every kind of task before a
+    second of any, so what beam search can find and what held-out success measures are the same
+    kinds of task."""
     by_template: dict[str, list] = {}
     for task in tasks:
         by_template.setdefault(getattr(task, "template", task.id), []).append(task)
@@ -105,6 +112,12 @@ class UIGenieLoop:
         self.agent_data: list[dict] = []
         self.rm_data: list[RMRow] = []
         self.heldout_rm: list[RMRow] = []
+        self.solved: set[str] = set()          # exploration tasks beam search has solved
+
+    def exploring(self) -> list:
+        """This generation's exploration tasks (``tasks.retire_solved``: without solved ones)."""
+        t = self.cfg.tasks
+        return exploration_round(self.splits["explore"], t.n_explore, self.solved if t.retire_solved else set())
 
     # --- one generation's parts ---------------------------------------------------------------------
 
@@ -138,14 +151,13 @@ class UIGenieLoop:
             i += len(r.steps)
         return rows
 
-    def greedy_solved(self) -> set[str]:
+    def greedy_solved(self, tasks: list) -> set[str]:
         """Exploration tasks the current agent solves greedily: what beam search must beat."""
-        done = run_episodes(self.splits["explore"], self.ops, self.runner, self.policy, self.cfg.tasks.max_steps)
+        done = run_episodes(tasks, self.ops, self.runner, self.policy, self.cfg.tasks.max_steps)
         return {r.task.id for r in done if r.success}
 
-    def explore(self, generation: int) -> tuple[list[Rollout], list[Rollout]]:
+    def explore(self, generation: int, tasks: list) -> tuple[list[Rollout], list[Rollout]]:
         b = self.cfg.beam
-        tasks = self.splits["explore"]
         def score(children):
             import ray
             return ray.get(self.a.rm.score.remote([child_input(c) for c in children]))
@@ -226,7 +238,8 @@ class UIGenieLoop:
         """References → agent SFT; then the trained agent's proposals on the reference steps,
         labelled by the rules, and corrupted references → RM data (and the held-out RM set)."""
         self.progress.note(f"tasks: {len(self.splits['seed'])} seed, {len(self.splits['explore'])} "
-                           f"explore, {len(self.splits['heldout'])} held-out; references …")
+                           f"explore ({len(self.exploring())} a generation), "
+                           f"{len(self.splits['heldout'])} held-out; references …")
         seed_refs = self.references(self.splits["seed"])
         held_refs = self.references(self.splits["heldout"])
         new_agent = [row for r, _ in seed_refs if r.success for row in agent_rows(r, "reference", 0)]
@@ -250,8 +263,10 @@ class UIGenieLoop:
 
     def generation(self, g: int, device_size) -> dict[str, float]:
         """Beam search on the exploration tasks → new agent and RM data → both retrained."""
-        greedy = self.greedy_solved()
-        successes, failures = self.explore(g)
+        tasks = self.exploring()
+        greedy = self.greedy_solved(tasks)
+        successes, failures = self.explore(g, tasks)
+        self.solved |= {r.task.id for r in successes}
         beam_only = [r.task.id for r in successes if r.task.id not in greedy]
         self.progress.note(f"  beam search solved {len(successes)} exploration tasks, greedy decoding "
                            f"{len(greedy)}; beam only: {', '.join(beam_only) or 'none'}")
@@ -266,7 +281,7 @@ class UIGenieLoop:
         new_rm += self.mine_hard_negatives(new_rm)
         new_agent = [row for r in successes for row in agent_rows(r, "explore", g)]
         values = self.train_agent(new_agent) | self.train_rm(new_rm) | self.save_data(g, new_agent, new_rm)
-        values["explore/solved_rate"] = len(successes) / max(1, len(self.splits["explore"]))
+        values["explore/solved_rate"] = len(successes) / max(1, len(tasks))
         values["explore/greedy_solved"] = float(len(greedy))
         values["explore/beam_only_solved"] = float(len(beam_only))
         values["explore/trajectories"] = float(len(successes) + len(failures))
@@ -362,6 +377,7 @@ class UIGenieLoop:
         for k in range(g + 1):
             self.agent_data += rows(self.data_dir / f"agent_gen{k}.parquet")
             self.rm_data += [RMRow(**{n: r[n] for n in names}) for r in rows(self.data_dir / f"rm_gen{k}.parquet")]
+        self.solved = {r["task_id"] for r in self.agent_data if r["source"] == "explore"}
         self.heldout_rm = [RMRow(**{n: r[n] for n in names}) for r in rows(self.data_dir / "rm_heldout.parquet")]
         self.progress.note(f"resumed after generation {g} from {ckpt}")
         return g + 1

@@ -33,6 +33,11 @@ def target_completion(action: Action) -> str:
     return call[len(REPLY_PREFIX):]
 
 
+def reply_kind(completion: str) -> str:
+    """The action kind a completion (after REPLY_PREFIX) starts with, well-formed or not."""
+    return completion.split('"')[0]
+
+
 def parse_reply(completion: str) -> Action:
     """REPLY_PREFIX + the model's completion → Action (ActionError on a malformed reply)."""
     return parse_action(REPLY_PREFIX + completion)
