@@ -195,7 +195,8 @@ def test_an_exploration_round_puts_the_next_task_in_a_solved_ones_place():
     assert exploration_round(pool, 3, {t.id for t in pool}) == []
     loop = bare_loop({})
     loop.splits["explore"] = pool
-    loop.solved = {"t0", "t2"}
+    loop.agent_data = [{"task_id": i, "source": "explore"} for i in ("t0", "t2")] + [
+        {"task_id": "t1", "source": "reference"}]
     for retire, want in ((True, ["t1", "t3"]), (False, ["t0", "t1"])):
         loop.cfg = parse_config({"job": "uigenie", "tasks": {"n_explore": 2, "retire_solved": retire}})
         assert ids(loop.exploring()) == want

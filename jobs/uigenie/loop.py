@@ -59,7 +59,7 @@ def split_tasks(cfg, suite: list, seeds: Optional[list] = None) -> dict[str, lis
             name = "explore"
         out[name].append(task)
     return {"seed": out["seed"][:t.n_seed], "explore": _spread(out["explore"], None),
-            "heldout": _spread(out["heldout"], t.n_heldout)}
+            "heldout": _spread(out["heldout"], t.n_heldout) if t.n_heldout else out["heldout"]}
 
 
 def exploration_round(pool: list, n: Optional[int], solved: set) -> list:
@@ -112,12 +112,13 @@ class UIGenieLoop:
         self.agent_data: list[dict] = []
         self.rm_data: list[RMRow] = []
         self.heldout_rm: list[RMRow] = []
-        self.solved: set[str] = set()          # exploration tasks beam search has solved
 
     def exploring(self) -> list:
-        """This generation's exploration tasks (``tasks.retire_solved``: without solved ones)."""
+        """This generation's exploration tasks (``tasks.retire_solved``: without those whose beam
+        search success is already in the agent data)."""
         t = self.cfg.tasks
-        return exploration_round(self.splits["explore"], t.n_explore, self.solved if t.retire_solved else set())
+        solved = {r["task_id"] for r in self.agent_data if r["source"] == "explore"} if t.retire_solved else set()
+        return exploration_round(self.splits["explore"], t.n_explore, solved)
 
     # --- one generation's parts ---------------------------------------------------------------------
 
@@ -266,7 +267,6 @@ class UIGenieLoop:
         tasks = self.exploring()
         greedy = self.greedy_solved(tasks)
         successes, failures = self.explore(g, tasks)
-        self.solved |= {r.task.id for r in successes}
         beam_only = [r.task.id for r in successes if r.task.id not in greedy]
         self.progress.note(f"  beam search solved {len(successes)} exploration tasks, greedy decoding "
                            f"{len(greedy)}; beam only: {', '.join(beam_only) or 'none'}")
@@ -377,7 +377,6 @@ class UIGenieLoop:
         for k in range(g + 1):
             self.agent_data += rows(self.data_dir / f"agent_gen{k}.parquet")
             self.rm_data += [RMRow(**{n: r[n] for n in names}) for r in rows(self.data_dir / f"rm_gen{k}.parquet")]
-        self.solved = {r["task_id"] for r in self.agent_data if r["source"] == "explore"}
         self.heldout_rm = [RMRow(**{n: r[n] for n in names}) for r in rows(self.data_dir / "rm_heldout.parquet")]
         self.progress.note(f"resumed after generation {g} from {ckpt}")
         return g + 1
