@@ -21,7 +21,6 @@ LoRA (``learner.lora``: adapters train, the samplers get them merged) in ``actor
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import torch
@@ -53,8 +52,8 @@ def freeze_below(model, trainable_layers: int) -> None:
 
 class Learner(PolicyUpdate, Checkpoints):
     def __init__(self, settings: LearnerSettings):
-        from actors.model_loading import load_policy
-        torch.set_num_threads(settings.threads or os.cpu_count() or 1)
+        from actors.model_loading import load_policy, use_threads
+        use_threads(settings.threads)
         torch.manual_seed(settings.seed)
         data_parallel.STRATEGIES[settings.strategy].prepare(settings)
         self.s = settings

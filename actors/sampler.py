@@ -55,8 +55,8 @@ class SamplerSettings:
 
 class Sampler:
     def __init__(self, settings: SamplerSettings):
-        import torch
-        torch.set_num_threads(settings.threads or os.cpu_count() or 1)
+        from actors.model_loading import use_threads
+        use_threads(settings.threads)
         self.settings = settings
         self.version = 0
         self.backend = BACKENDS[settings.backend](settings)

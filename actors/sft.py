@@ -102,9 +102,10 @@ def train_sft(config: dict) -> None:
 
     from actors.frozen_layers import FrozenBottom, frozen_depth
     from actors.logprobs import Sample
+    from actors.model_loading import use_threads
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(config.get("threads") or os.cpu_count() or 1)
+    use_threads(config.get("threads"))
     torch.manual_seed(config["seed"])
     model, pad_id = start_model(config)
     done, losses = 0, []

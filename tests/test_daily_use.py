@@ -69,7 +69,9 @@ def test_ctrl_c_names_the_run_directory(tmp_path, tiny_lm):
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "run", SMOKE, "--run-dir", str(run_dir),
          "--set", f"model.name={tiny_lm}", "--set", "train.steps=200", "--set", "sampling.max_new_tokens=2"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # as from a terminal, even where the tests were started with SIGINT ignored (`make test &`)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     latest = run_dir / "checkpoints" / "latest"
     deadline = time.monotonic() + 300
     try:

@@ -133,6 +133,48 @@ def test_beam_search_ranks_the_greedy_action_among_its_samples():
     assert all(asked)                   # one call a step: the greedy reply comes with the samples
 
 
+def test_keep_greedy_makes_beam_search_solve_what_greedy_decoding_solves():
+    """A reward model that prefers a wrong sample at every step: without ``keep_greedy`` its one
+    beam never takes the (right) greedy action; with it the greedy line survives beside the RM's
+    favourite, and the success is the greedy plan itself."""
+    t = task("settings.wifi.off")
+    plan = reference(t)
+    wrong = target_completion(Action("wait", time=1.0))
+    def generate(prompts, params, prefix):
+        right = target_completion(plan[min(n_done(prompts[0]), len(plan) - 1)])
+        texts = ([right] if params.greedy or params.temperature == 0 else []) + [wrong] * (params.temperature > 0)
+        return [Completion(i, [], [], [], x, True, 0) for i in range(len(prompts)) for x in texts]
+    def misleading(children):
+        return [1.0 if c.steps[-1].action.kind == "wait" else 0.0 for c in children]
+    def run(width, keep_greedy, **kw):
+        return run_episodes([t], OPS, local_runner(SimulatedDevice()), Policy(generate), max_steps=len(plan) + 1,
+                            **kw, width=width, keep_greedy=keep_greedy)
+    [g] = run(None, False)
+    assert g.success
+    beam = dict(n=1, temperature=1.0, score=misleading, greedy=True)
+    assert not any(r.success for r in run(1, False, **beam))
+    done = run(1, True, **beam)
+    [r] = [r for r in done if r.success]
+    assert [s.action for s in r.steps] == plan and r.greedy_line
+    assert all(s.reward == 0.0 for s in r.steps)        # kept although ranked below the wait
+
+
+def test_prune_keeps_the_greedy_line_in_the_last_place():
+    from jobs.uigenie.rollout import Rollout, StepRecord, _prune
+    t1, t2 = task("settings.wifi.off"), task("contacts.delete.elena-petrova")
+    def child(t, reward, line):
+        step = StepRecord("s", "app", "", None, "", "", Action("wait", time=1.0), reward=reward)
+        return Rollout(t, [step], greedy_line=line)
+    a = [child(t1, 0.9, False), child(t1, 0.8, False), child(t1, 0.1, True), child(t1, 0.5, False)]
+    b = [child(t2, 0.2, True), child(t2, 0.7, False)]
+    assert _prune([a, b], 2) == [a[0], a[1], b[1], b[0]]
+    kept = _prune([a, b], 2, keep_greedy=True)
+    assert [c.steps[0].reward for c in kept] == [0.9, 0.1, 0.7, 0.2]
+    assert _prune([a], 1, keep_greedy=True)[0] is a[2]
+    assert _prune([a[:2]], 1, keep_greedy=True) == [a[0]]    # no greedy line left: the RM decides
+    assert len(_prune([a, b], None, keep_greedy=True)) == 6
+
+
 def test_a_crashed_device_fails_its_episode_not_the_run():
     t = task("settings.wifi.off")
     plan = reference(t)

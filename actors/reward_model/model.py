@@ -133,12 +133,10 @@ class RewardModel:
     """Frozen backbone + trainable head; see the module docstring."""
 
     def __init__(self, settings: RewardModelSettings | None = None):
-        from actors.model_loading import load_causal_lm
+        from actors.model_loading import load_causal_lm, use_threads
 
         self.settings = settings or RewardModelSettings()
-        # Ray gives an actor with fractional num_cpus OMP_NUM_THREADS=1: the backbone's features
-        # would run on one core while the others wait for them (as the sampler and learner do not)
-        torch.set_num_threads(self.settings.threads or os.cpu_count() or 1)
+        use_threads(self.settings.threads)
         self.backbone, self.tokenizer = load_causal_lm(self.settings.model)
         self.backbone.requires_grad_(False).eval()
         self.encoder = self.backbone.base_model          # final-norm hidden states, no LM head

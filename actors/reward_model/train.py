@@ -10,7 +10,6 @@ those files to the actor (``RewardModel.load_files``), which scores with it.
 """
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -24,11 +23,12 @@ def train_head(config: dict) -> None:
     import ray.train.torch
     import torch
 
+    from actors.model_loading import use_threads
     from actors.reward_model.model import RewardModelSettings, train_fresh_head, write_head
     from actors.sft import fail_once
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(config.get("threads") or os.cpu_count() or 1)
+    use_threads(config.get("threads"))
     fail_once(config.get("fail_once"))
     s = RewardModelSettings(**config["settings"])
     x = ray.get(config["features"][0]).float()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from services.config import JobConfig, ModelConfig, RayTrainConfig, SamplerConfig, Strict
 
@@ -87,6 +87,15 @@ class BeamConfig(Strict):
     temperature: float = Field(0.8, gt=0)
     greedy: bool = Field(True, description="each beam's candidates also hold its greedy action, so "
                          "search starts from what greedy decoding would do")
+    keep_greedy: bool = Field(False, description="one beam per task follows the greedy action at every "
+                              "step even where the reward model ranks it out, so beam search solves "
+                              "whatever greedy decoding solves (needs beam.greedy)")
+
+    @model_validator(mode="after")
+    def _keep_greedy_needs_greedy(self):
+        if self.keep_greedy and not self.greedy:
+            raise ValueError("beam.keep_greedy needs beam.greedy: true (the greedy action must be a candidate)")
+        return self
 
 
 class UIGenieLoopConfig(Strict):

@@ -168,7 +168,7 @@ class UIGenieLoop:
                                f"{solved}/{len(tasks)} tasks solved")
         done = run_episodes(tasks, self.ops, self.runner, self.policy, self.cfg.tasks.max_steps,
                             n=b.expansions, temperature=b.temperature, score=score, width=b.width,
-                            greedy=b.greedy, on_step=on_step)
+                            greedy=b.greedy, keep_greedy=b.keep_greedy, on_step=on_step)
         write_parquet(self.data_dir / f"trajectories_explore_gen{generation}.parquet",
                       [rollout_record(r, generation, "explore") for r in done])
         best: dict[str, Rollout] = {}

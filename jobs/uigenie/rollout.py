@@ -54,6 +54,7 @@ class Rollout:
     done: bool = False
     success: bool = False
     crashed: Optional[str] = None   # the episode was abandoned: no device could run it
+    greedy_line: bool = True        # every step so far was its screen's greedy proposal (beam search)
 
     def actions(self) -> list[Action]:
         return [s.action for s in self.steps if s.replayable]
@@ -173,12 +174,14 @@ def _dedupe(props: list[Proposal]) -> list[Proposal]:
 
 def step_frontier(frontier: list[Rollout], ops: EpisodeOps, runner: DeviceRunner, policy: Policy,
                   n: int, temperature: float, score: Optional[Callable] = None,
-                  width: Optional[int] = None, greedy: bool = False) -> list[Rollout]:
+                  width: Optional[int] = None, greedy: bool = False,
+                  keep_greedy: bool = False) -> list[Rollout]:
     """Advance every live rollout by one step; returns the new frontier (children of each rollout,
     at most ``width`` per task when pruning, best reward first). ``score(rollouts) -> rewards``
     scores each child's last step (the reward model); invalid proposals score -1. ``greedy`` adds
     each screen's greedy proposal to its ``n`` samples, so the reward model ranks greedy
-    decoding's action among the others instead of hoping a sample repeats it."""
+    decoding's action among the others instead of hoping a sample repeats it; ``keep_greedy`` keeps
+    the greedy line's child among the ``width`` even where the reward model ranks it out."""
     observed = runner.map([observe_op(ops, r) for r in frontier])
     live, children = [], []
     for r, obs in zip(frontier, observed):
@@ -190,12 +193,14 @@ def step_frontier(frontier: list[Rollout], ops: EpisodeOps, runner: DeviceRunner
     proposals = propose(policy.generate, prompts, n, temperature, policy.max_new_tokens, policy.seed, greedy)
     expanded: list[list[Rollout]] = []
     for (r, obs), prompt, props in zip(live, prompts, proposals):
-        expanded.append([r.extend(_step_of(obs, prompt, p)) for p in _dedupe(props)])
+        # _dedupe keeps the first of equal actions, so the greedy proposal stays first
+        expanded.append([replace(r.extend(_step_of(obs, prompt, p)), greedy_line=greedy and r.greedy_line and i == 0)
+                         for i, p in enumerate(_dedupe(props))])
     if score is not None:
         flat = [c for group in expanded for c in group if c.steps[-1].action is not None]
         for c, reward in zip(flat, score(flat) if flat else []):
             c.steps[-1].reward = float(reward)
-    chosen = _prune(expanded, width)
+    chosen = _prune(expanded, width, keep_greedy)
     results = runner.map([act_op(ops, c) for c in chosen if c.steps[-1].action is not None])
     it = iter(results)
     for c in chosen:
@@ -209,8 +214,10 @@ def step_frontier(frontier: list[Rollout], ops: EpisodeOps, runner: DeviceRunner
     return children + chosen
 
 
-def _prune(expanded: list[list[Rollout]], width: Optional[int]) -> list[Rollout]:
-    """Keep the best ``width`` children per task (several rollouts of one task compete)."""
+def _prune(expanded: list[list[Rollout]], width: Optional[int], keep_greedy: bool = False) -> list[Rollout]:
+    """Keep the best ``width`` children per task (several rollouts of one task compete).
+    ``keep_greedy``: a task's greedy-line child (at most one) takes the last place when the reward
+    model ranks it out, so beam search follows what greedy decoding does as well (beam ⊇ greedy)."""
     if width is None:
         return [c for group in expanded for c in group]
     by_task: dict[str, list[Rollout]] = {}
@@ -220,21 +227,31 @@ def _prune(expanded: list[list[Rollout]], width: Optional[int]) -> list[Rollout]
     def key(c: Rollout) -> float:
         r = c.steps[-1].reward
         return -1.0 if r is None else r
-    return [c for cs in by_task.values() for c in sorted(cs, key=key, reverse=True)[:width]]
+    chosen = []
+    for cs in by_task.values():
+        best = sorted(cs, key=key, reverse=True)[:width]
+        line = [c for c in cs if c.greedy_line]
+        if keep_greedy and line and not any(c is line[0] for c in best):
+            best[-1] = line[0]
+        chosen += best
+    return chosen
 
 
 def run_episodes(tasks: list, ops: EpisodeOps, runner: DeviceRunner, policy: Policy, max_steps: int,
                  n: int = 1, temperature: float = 0.0, score: Optional[Callable] = None,
                  width: Optional[int] = None, stop_on_success: bool = True, greedy: bool = False,
+                 keep_greedy: bool = False,
                  on_step: Optional[Callable[[int, list[Rollout]], None]] = None) -> list[Rollout]:
     """Run every task to a terminal state or ``max_steps``. Greedy evaluation: n=1, temperature 0,
     no score. Beam search: n = expansions, a reward model ``score``, ``width`` beams per task
-    (``greedy``: the greedy action is one more candidate per beam).
+    (``greedy``: the greedy action is one more candidate per beam; ``keep_greedy``: one beam per task
+    always takes it).
     Returns every finished rollout (terminated, crashed or out of steps) of every task."""
     frontier = [Rollout(t) for t in tasks]
     finished: list[Rollout] = []
     for depth in range(max_steps):
-        frontier = step_frontier(frontier, ops, runner, policy, n, temperature, score, width, greedy)
+        frontier = step_frontier(frontier, ops, runner, policy, n, temperature, score, width, greedy,
+                                 keep_greedy)
         finished += [r for r in frontier if r.done]
         solved = {r.task.id for r in finished if r.success} if stop_on_success else set()
         frontier = [r for r in frontier if not r.done and r.task.id not in solved]
