@@ -25,11 +25,12 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer():
+def build_tokenizer(words: list[str] = WORDS):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB)}, unk_token="<unk>"))
+    vocab = SPECIAL + words
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", pad_token="<pad>",
                                   unk_token="<unk>")
@@ -37,11 +38,11 @@ def build_tokenizer():
     return tok
 
 
-def build_model(seed: int = 1234, max_positions: int = 128):
+def build_model(seed: int = 1234, max_positions: int = 128, vocab_size: int = VOCAB_SIZE):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64,
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=max_positions, tie_word_embeddings=True,
                          initializer_range=0.2, bos_token_id=None, eos_token_id=EOS_ID,
@@ -61,6 +62,17 @@ def tiny_lm(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("tiny_lm")
     build_model().save_pretrained(path)
     build_tokenizer().save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_number_lm(tmp_path_factory) -> str:
+    """``tiny_lm`` with the ten digits among its words: its random replies hold numbers, so SRT's
+    majority votes split and groups train — the wiring of a learner step without the real model."""
+    path = tmp_path_factory.mktemp("tiny_number_lm")
+    words = WORDS + [str(d) for d in range(10)]
+    build_model(vocab_size=len(SPECIAL) + len(words)).save_pretrained(path)
+    build_tokenizer(words).save_pretrained(path)
     return str(path)
 
 

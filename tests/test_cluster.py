@@ -170,18 +170,25 @@ sys.exit("the moment to kill never came")
 
 
 def kill_actor_when(cluster: Cluster, run_dir: Path, actor: str, event: str, min_step: int = 0,
-                    task: str | None = None) -> subprocess.CompletedProcess:
+                    task: str | None = None, wait: bool = True):
     """From another driver: ``ray.kill`` (restartable) run ``actor`` once ``event`` is in the
-    run's events.jsonl at ``min_step`` or later and, if given, a ``task`` of that name is RUNNING."""
-    return cluster.python(KILLER.format(gcs=cluster.gcs, run_dir=run_dir, actor=f"{run_dir.name}:{actor}",
-                                        event=event, min_step=min_step, task=task))
+    run's events.jsonl at ``min_step`` or later and, if given, a ``task`` of that name is RUNNING.
+    ``wait=False``: the killer's ``Popen``, already connecting while the caller starts the run."""
+    code = KILLER.format(gcs=cluster.gcs, run_dir=run_dir, actor=f"{run_dir.name}:{actor}",
+                         event=event, min_step=min_step, task=task)
+    if wait:
+        return cluster.python(code)
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=cluster.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_sampler_killed_mid_step_costs_a_retry_not_the_run(cluster, tiny_lm, tmp_path):
-    # a step of the tiny model takes half a second, and the killer (another driver) needs seconds
-    # to connect and see a running generate: enough steps that the kill lands mid-run
-    STEPS = 150
+    # the killer (another driver) connects before the job is submitted, so the kill lands within the
+    # first steps; a step of the tiny model takes half a second and the job needs seconds to start
+    STEPS = 40
     run_dir = tmp_path / "srt-kill"
+    killer = kill_actor_when(cluster, run_dir, "sampler-0", "checkpoint", min_step=1, task="Sampler.generate",
+                             wait=False)
     proc = cluster.evoray("submit", str(SMOKE), "--address", cluster.jobs_api, "--run-dir", str(run_dir),
                           "--no-wait", *tiny_srt(tiny_lm, "--set", f"train.steps={STEPS}", "--set",
                                                  f"eval.every={STEPS}", "--set", "sampling.n=64",
@@ -189,12 +196,13 @@ def test_sampler_killed_mid_step_costs_a_retry_not_the_run(cluster, tiny_lm, tmp
                                                  "--set", "sampling.max_new_tokens=64"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     job_id = proc.stdout.strip().splitlines()[-1]
-    killer = kill_actor_when(cluster, run_dir, "sampler-0", "checkpoint", min_step=1, task="Sampler.generate")
-    assert killer.returncode == 0 and "while Sampler.generate ran" in killer.stdout, killer.stderr[-2000:]
+    out, err = killer.communicate(timeout=300)
+    assert killer.returncode == 0 and "while Sampler.generate ran" in out, err[-2000:]
     followed = cluster.evoray("logs", job_id, "--follow", "--address", cluster.jobs_api)
     assert followed.returncode == 0, followed.stdout[-3000:] + followed.stderr[-2000:]
     restarts = [e for e in events(run_dir) if e["event"] == "actor_restarted"]
     assert restarts and restarts[0]["role"] == "sampler" and restarts[0]["actor"] == f"{run_dir.name}:sampler-0"
+    assert restarts[0]["step"] < STEPS - 1                 # mid-run: steps were still to come
     assert steps_of(run_dir, "train/pseudo_reward") == list(range(1, STEPS + 1))   # no step lost or doubled
     assert steps_of(run_dir, "ray/actor_restarts")
     status = cluster.evoray("status", job_id, "--address", cluster.jobs_api)

@@ -98,14 +98,17 @@ def test_offline_labels_and_curriculum(tmp_path):
     assert events and '"kept": 4' in events[0]
 
 
-def test_data_parallel_learner_through_the_controller(tmp_path):
+def test_data_parallel_learner_through_the_controller(tmp_path, tiny_number_lm):
     """``learner.workers: 2``: two learner actors joined in a gloo group behind the controller, the
     weights fully sharded (FSDP2: the layout with the most collectives; the others are checked
     against one process in test_learner_data_parallel.py); the steps train, rank 0 checkpoints
-    (gathering the shards), both ranks load it on resume."""
+    (gathering the shards), both ranks load it on resume. The tiny model: the wiring is under test
+    here, the real model's steps are in the tests above."""
     run_dir = tmp_path / "run"
     proc = evoray("run", str(SMOKE), "--run-dir", str(run_dir), "--set", "learner.workers=2",
-                  "--set", "learner.num_cpus=0.5", "--set", "learner.strategy=fsdp2")
+                  "--set", "learner.num_cpus=0.5", "--set", "learner.strategy=fsdp2",
+                  "--set", f"model.name={tiny_number_lm}", "--set", "sampling.n=16",
+                  "--set", "reward.require_finished=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = pq.read_table(run_dir / "metrics.parquet").to_pylist()
     trained = [r["step"] for r in rows if r["name"] == "train/groups_trained" and r["value"] > 0]

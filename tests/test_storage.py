@@ -93,11 +93,12 @@ def test_a_node_local_run_dir_on_a_multi_node_cluster_fails(tmp_path):
 
 
 @pytest.mark.slow
-def test_srt_run_and_resume_on_a_uri_run_dir(tmp_path, tiny_lm):
+def test_srt_run_and_resume_on_a_uri_run_dir(tmp_path, tiny_number_lm):
     """The whole job with ``--run-dir file://...``: the learner writes its checkpoint part to the
     URI itself; a second driver with an empty cache resumes from the URI alone."""
     uri = f"file://{tmp_path}/bucket/runs/srt-uri"
-    common = ["--set", f"model.name={tiny_lm}", "--set", "ray.num_cpus=2", "--set", "ray.include_dashboard=false"]
+    common = ["--set", f"model.name={tiny_number_lm}", "--set", "reward.require_finished=false",
+              "--set", "ray.num_cpus=2", "--set", "ray.include_dashboard=false"]
     run = lambda *args, cache: subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=ROOT,
                                               capture_output=True, text=True, timeout=600,
                                               env={**__import__("os").environ, "EVORAY_CACHE": str(cache)})
@@ -107,10 +108,9 @@ def test_srt_run_and_resume_on_a_uri_run_dir(tmp_path, tiny_lm):
     remote = tmp_path / "bucket" / "runs" / "srt-uri"
     assert (remote / "checkpoints" / "latest").read_text() == "step_000002"
     learner = remote / "checkpoints" / "step_000002" / "learner"
-    # the tiny model may train no group (all its answers alike): then the policy is the base model,
-    # and a checkpoint of it stores no weights
-    trained = json.loads((learner / "learner.json").read_text())["version"] > 0
-    assert (learner / "model.safetensors").is_file() == trained
+    # the votes split (the model writes random digits), so the policy moved and its weights are there
+    assert json.loads((learner / "learner.json").read_text())["version"] > 0
+    assert (learner / "model.safetensors").is_file()
     # the actor wrote its resume state to the URI; the finished run deleted it there
     assert not list((remote / "checkpoints").glob("step_*/learner/resume"))
     assert sorted({r["step"] for r in pq.read_table(remote / "metrics.parquet").to_pylist()}) == [0, 1, 2]
