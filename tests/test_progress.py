@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
+from actors.progress_line import ProgressLine
 from services.progress import StepProgress, eta_seconds, format_duration
 
 
@@ -27,3 +28,15 @@ def test_bar_shows_phase_and_eta():
     text = console.export_text()
     assert "1/10 generate" in text and "ETA 0:04:30" in text
     progress.stop()
+
+
+def test_progress_line_paces_from_the_steps_after_since(monkeypatch, capsys):
+    import sys
+    clock = iter([100.0, 130.0])
+    monkeypatch.setattr("actors.progress_line.time.monotonic", lambda: next(clock))
+    line = ProgressLine("fine-tuning", every=0.0, stream=sys.stdout)
+    line("epoch 1/2, step", 10, 40, started=50.0, loss=0.5)              # 50 s for 10 steps
+    line("epoch 2/2, step", 30, 40, started=120.0, loss=0.25, since=20)  # 10 s for the 10 since
+    assert capsys.readouterr().out.splitlines() == [
+        "fine-tuning: epoch 1/2, step 10/40, loss 0.500, ~150 s left",
+        "fine-tuning: epoch 2/2, step 30/40, loss 0.250, ~10 s left"]
