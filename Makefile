@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.evoray-installed
 PYTEST  ?= -q
 
-.PHONY: test-quick test-vllm vllm-smoke bench-sampler gpu-check install demo baseline collapse smoke mmupt-demo mmupt-baseline mmupt-smoke bench-grpo-step dgm-demo dgm-smoke uigenie-demo uigenie-smoke test bench-weight-sync bench-sandbox bench-dgm-scheduler sandbox-image clean
+.PHONY: test-quick test-vllm vllm-venv vllm-smoke bench-sampler gpu-check install demo baseline collapse smoke mmupt-demo mmupt-baseline mmupt-smoke bench-grpo-step dgm-demo dgm-smoke uigenie-demo uigenie-smoke test bench-weight-sync bench-sandbox bench-dgm-scheduler sandbox-image clean
 
 # torch's CPU build where there is no GPU: on Linux a plain `pip install torch` takes the CUDA build
 # (GBs). When the configured indexes / local wheels already resolve torch==$(TORCH) to a +cpu build,
@@ -99,6 +99,9 @@ test: $(STAMP)
 # the unit tests alone: no end-to-end runs, no vLLM
 test-quick: $(STAMP)
 	$(PY) -m pytest $(PYTEST) -m "not vllm and not slow"
+
+# the venv alone, for runs with sampler.backend=vllm on a CPU (.venv-vllm/bin/evoray run ...)
+vllm-venv: $(VLLM_STAMP)
 
 test-vllm: $(VLLM_STAMP)
 	$(VLLM_PY) -m pytest $(PYTEST) -m vllm tests/test_vllm_*.py

@@ -31,6 +31,7 @@ def test_run_times_every_budget_and_writes_json(tmp_path, tiny_lm):
     assert bench_sampling.run(args) == 0
     result = json.loads((tmp_path / "uigenie-sampling.json").read_text())
     assert result["agent"] == "base model"
+    assert result["backend"] == "transformers"
     assert [(r["samples"], r["batch_tokens"]) for r in result["rows"]] == [(1, 0), (1, 1), (2, 0), (2, 1)]
     for r in result["rows"]:
         assert r["replies"] == 4 * r["samples"] and r["seconds"] > 0

@@ -107,6 +107,33 @@ def test_an_update_changes_outputs_and_restoring_restores_them(sampler, referenc
     assert greedy(sampler.backend, prompt_ids) == before
 
 
+def test_an_update_of_the_top_layers_keeps_the_layers_below(sampler, reference, prompt_ids):
+    """UI-Genie's fine-tuning sends only what it trains: the top layers and the final norm
+    (``freeze_below``). The engine's reload takes that subset and keeps every other layer as it
+    was: greedy tokens equal Hugging Face's with the same subset replaced."""
+    from actors.learner import freeze_below
+    from actors.weights.pack import copy_into, pack_state
+    model = reference.model
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    freeze_below(model, 3)
+    top = {n for n, p in model.named_parameters() if p.requires_grad}
+    for n, p in model.named_parameters():
+        p.requires_grad_(flags[n])
+    assert 0 < len(top) < len(flags) and "model.norm.weight" in top
+    before = greedy(sampler.backend, prompt_ids)
+    original = [(n, p.detach().clone()) for n, p in model.named_parameters() if n in top]
+    new = [(n, t) for n, t in perturbed(model, 0.03) if n in top]
+    try:
+        sampler.load_weights(pack_state(new, version=9))
+        copy_into(model, new)
+        after = greedy(sampler.backend, prompt_ids)
+        assert after != before and after == greedy(reference, prompt_ids)
+    finally:
+        sampler.load_weights(pack_state(original, version=10))
+        copy_into(model, original)
+    assert greedy(sampler.backend, prompt_ids) == before
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

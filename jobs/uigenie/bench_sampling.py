@@ -5,9 +5,12 @@ The agent's prompts are screen renderings of very different lengths; one batch p
 the longest and decodes every row until the last one ends. The benchmark samples the same prompts
 (``RUN_DIR/datasets/agent_gen0.parquet``, the seed steps) with the run's latest agent for each
 budget and each number of samples per prompt (1: greedy decoding and verification; the demo's beam
-search asks ``beam.expansions`` = 5), the median of ``--repeats`` after one warm-up.
+search asks ``beam.expansions`` = 5), the median of ``--repeats`` after one warm-up. ``--backend
+vllm`` samples the same prompts through vLLM's engine instead (in a venv with vllm, such as
+``make test-vllm``'s ``.venv-vllm``; the budgets are the transformers backend's and do not apply).
 
     evoray bench uigenie-sampling --run-dir runs/uigenie-demo-… [--prompts 20 96] [--budgets 0 2048 8192]
+    .venv-vllm/bin/evoray bench uigenie-sampling --run-dir runs/uigenie-demo-… --backend vllm
 """
 from __future__ import annotations
 
@@ -24,11 +27,13 @@ def add_args(p) -> None:
     p.add_argument("--samples", type=int, nargs="+", default=[1, 5], help="samples per prompt")
     p.add_argument("--budgets", type=int, nargs="+", default=[0, 2048, 8192],
                    help="sampler.batch_tokens values; 0: one batch")
+    p.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
+                   help="the sampler backend (vllm: --budgets does not apply)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=1)
 
 
-def load_agent(run_dir: Path):
+def load_agent(run_dir: Path, backend: str = "transformers"):
     """A Sampler with the run's model, the agent's system prompt and its latest fine-tuned layers."""
     import yaml
 
@@ -37,7 +42,7 @@ def load_agent(run_dir: Path):
     from jobs.uigenie.policy import SYSTEM_PROMPT
     from services.run_store import RunStore
     model = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["name"]
-    sampler = Sampler(SamplerSettings(model, system_prompt=SYSTEM_PROMPT))
+    sampler = Sampler(SamplerSettings(model, backend=backend, system_prompt=SYSTEM_PROMPT))
     ckpt = RunStore(run_dir).latest_checkpoint()
     if ckpt is None or not (ckpt / "agent").is_dir():
         return sampler, model, "base model"
@@ -60,33 +65,40 @@ def run(args) -> int:
         raise ValueError(f"{data} does not exist: --run-dir must be a UI-Genie run past generation 0")
     texts = [r["prompt"] for r in pq.read_table(data).to_pylist()]
     console = Console()
-    sampler, model, agent = load_agent(run_dir)
+    sampler, model, agent = load_agent(run_dir, args.backend)
+    budgets = args.budgets if args.backend == "transformers" else [None]
     rows = []
     for count in args.prompts:
         prompts = random.Random(count).sample(texts, min(count, len(texts)))
         lengths = sorted(len(sampler.encode([{"role": "user", "content": t}])) for t in prompts)
         for n in args.samples:
-            for budget in args.budgets:
-                sampler.backend.batch_tokens = budget or None
-                console.print(f"{len(prompts)} prompts × {n}, batch_tokens {budget or 'one batch'} …")
+            for budget in budgets:
+                if budget is not None:
+                    sampler.backend.batch_tokens = budget or None
+                console.print(f"{len(prompts)} prompts × {n}, {batching(budget)} …")
                 seconds, replies = timed(lambda: sum(len(p) for p in propose(
                     sampler.generate, prompts, n, 1.0, args.max_new_tokens, seed=0)), args.repeats)
                 rows.append({"prompts": len(prompts), "prompt_tokens_min": lengths[0],
                              "prompt_tokens_max": lengths[-1], "samples": n, "batch_tokens": budget,
                              "seconds": seconds, "replies": replies})
-    table = Table(title=f"agent sampling on {run_dir.name} ({agent}), median of {args.repeats}")
-    for col in ("prompts (tokens)", "samples", "batch_tokens", "seconds", "vs one batch"):
+    table = Table(title=f"agent sampling ({args.backend}) on {run_dir.name} ({agent}), median of {args.repeats}")
+    for col in ("prompts (tokens)", "samples", "batching", "seconds", "vs one batch"):
         table.add_column(col, justify="right")
     for r in rows:
         one = next((x["seconds"] for x in rows if x["prompts"] == r["prompts"] and x["samples"] == r["samples"]
                     and x["batch_tokens"] == 0), None)
         table.add_row(f"{r['prompts']} ({r['prompt_tokens_min']}–{r['prompt_tokens_max']})", str(r["samples"]),
-                      str(r["batch_tokens"] or "one batch"), f"{r['seconds']:.1f}",
+                      batching(r["batch_tokens"]), f"{r['seconds']:.1f}",
                       f"{one / r['seconds']:.2f}×" if one else "-")
     console.print(table)
     result = {"benchmark": "uigenie-sampling", "date": datetime.now(timezone.utc).isoformat(),
-              "run_dir": str(run_dir), "model": model, "agent": agent, "repeats": args.repeats,
+              "run_dir": str(run_dir), "model": model, "agent": agent, "backend": args.backend, "repeats": args.repeats,
               "max_new_tokens": args.max_new_tokens, "host": platform.node(),
               "cpus": torch.get_num_threads(), "rows": rows}
-    console.print(f"wrote {write_result(args.out, 'uigenie-sampling', result)}")
+    console.print(f"wrote {write_result(args.out, 'uigenie-sampling' + ('-vllm' if args.backend == 'vllm' else ''), result)}")
     return 0
+
+
+def batching(budget) -> str:
+    """A row's batching: vLLM schedules its own (None), else one padded batch (0) or a budget."""
+    return "vLLM's scheduler" if budget is None else f"batch_tokens {budget}" if budget else "one batch"
