@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.evoray-installed
 PYTEST  ?= -q
 
-.PHONY: test-quick test-vllm vllm-venv vllm-smoke bench-sampler gpu-check install demo baseline collapse smoke mmupt-demo mmupt-baseline mmupt-smoke bench-grpo-step dgm-demo dgm-smoke uigenie-demo uigenie-smoke test bench-weight-sync bench-sandbox bench-dgm-scheduler sandbox-image clean
+.PHONY: test-quick test-vllm vllm-venv vllm-smoke bench-sampler gpu-check install demo baseline collapse smoke mmupt-demo mmupt-baseline mmupt-smoke bench-grpo-step dgm-demo dgm-smoke uigenie-demo uigenie-demo-vllm uigenie-smoke test bench-weight-sync bench-sandbox bench-dgm-scheduler sandbox-image clean
 
 # torch's CPU build where there is no GPU: on Linux a plain `pip install torch` takes the CUDA build
 # (GBs). When the configured indexes / local wheels already resolve torch==$(TORCH) to a +cpu build,
@@ -77,6 +77,11 @@ dgm-smoke: $(STAMP)
 
 uigenie-demo: $(STAMP)
 	$(VENV)/bin/evoray run jobs/configs/uigenie-demo.yaml --run-dir runs/uigenie-demo-$$(date +%Y%m%d-%H%M%S)
+
+# the same demo with the agent sampled by vLLM's CPU engine, bound to every core (its venv first)
+uigenie-demo-vllm: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/evoray run jobs/configs/uigenie-demo.yaml --run-dir runs/uigenie-demo-vllm-$$(date +%Y%m%d-%H%M%S) \
+	  --set sampler.backend=vllm --set sampler.threads=$$(nproc)
 
 uigenie-smoke: $(STAMP)
 	$(VENV)/bin/evoray run jobs/configs/uigenie-smoke.yaml

@@ -347,7 +347,9 @@ def vllm_engine_args(s: SamplerSettings) -> dict:
     where vLLM has it (a colocated sampler elsewhere keeps its memory, and says so once); on CPU
     the KV cache size goes by environment, the engine runs eager unless asked otherwise, and
     chunked prefill is off unless asked for, since a seeded request whose prefill is split
-    crashes vLLM-CPU (its generator cannot be rewound)."""
+    crashes vLLM-CPU (its generator cannot be rewound). ``threads`` on CPU binds the engine's
+    OpenMP threads to that many of the cores this process may use, holding none back: vLLM's
+    default keeps one core for its scheduler process, half of a 2-core machine."""
     from vllm.platforms import current_platform
     args = {"enable_prefix_caching": True, **s.extra}
     if args.get("enable_sleep_mode") and not current_platform.is_sleep_mode_available():
@@ -360,7 +362,20 @@ def vllm_engine_args(s: SamplerSettings) -> dict:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(kv_gb or 1))   # read by the engine process
         args.setdefault("enable_chunked_prefill", False)
         args.setdefault("enforce_eager", True)     # starts in 25–60 s; compiling adds a minute or more
+        if s.threads and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:     # the user's binding wins
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_binding(s.threads, s.tensor_parallel_size)
+            os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
     return {k: v for k, v in args.items() if v is not None}
+
+
+def cpu_binding(threads: int, ranks: int = 1) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` for ``threads`` OpenMP threads per tensor-parallel rank: the
+    first cores this process may use, rank after rank ("0,1|2,3")."""
+    cores = sorted(os.sched_getaffinity(0))
+    if threads * ranks > len(cores):
+        raise ValueError(f"sampler.threads {threads} × {ranks} tensor-parallel ranks needs "
+                         f"{threads * ranks} cores; this process may use {len(cores)}")
+    return "|".join(",".join(str(c) for c in cores[r * threads:(r + 1) * threads]) for r in range(ranks))
 
 
 BACKENDS = {"transformers": TransformersBackend, "vllm": VLLMBackend}

@@ -58,7 +58,9 @@ class SamplerConfig(ActorResources):
     backend: Literal["transformers", "vllm"] = "transformers"
     num_actors: int = Field(1, ge=1)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    threads: Optional[int] = Field(None, ge=1, description="torch threads; default: all cores")
+    threads: Optional[int] = Field(None, ge=1, description="torch threads; default: all cores. vLLM on "
+                                   "a CPU: the engine's OpenMP threads, bound to that many cores with none "
+                                   "held back (default: vLLM's binding, which keeps one core for its scheduler)")
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     system_prompt: Optional[str] = None

@@ -170,6 +170,27 @@ def test_no_sleep_mode_on_cpu_says_so_and_never_sleeps(monkeypatch, tmp_path, ca
     assert backend.sleep() is False and backend.wake_up() is False and backend.llm.calls == []
 
 
+def test_threads_on_cpu_bind_that_many_cores_and_hold_none_back(monkeypatch, tmp_path):
+    import os
+
+    from actors.sampler import cpu_binding
+    for name in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU"):
+        monkeypatch.delenv(name, raising=False)
+    model = fake_vllm(monkeypatch, tmp_path, sleep=False, cpu=True)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {7, 3, 5, 9})
+    VLLMBackend(SamplerSettings(model, backend="vllm"))
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in os.environ       # unset: vLLM's own binding
+    VLLMBackend(SamplerSettings(model, backend="vllm", threads=2))
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "3,5" and os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "9")          # the user's binding wins
+    VLLMBackend(SamplerSettings(model, backend="vllm", threads=3))
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "9"
+    assert cpu_binding(2, ranks=2) == "3,5|7,9"
+    with pytest.raises(ValueError, match="sampler.threads 3 × 2 tensor-parallel ranks needs 6 cores; "
+                                         "this process may use 4"):
+        cpu_binding(3, ranks=2)
+
+
 def test_image_prompts_go_as_multi_modal_data(monkeypatch, tmp_path):
     import io
 

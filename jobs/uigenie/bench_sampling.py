@@ -7,10 +7,11 @@ the longest and decodes every row until the last one ends. The benchmark samples
 budget and each number of samples per prompt (1: greedy decoding and verification; the demo's beam
 search asks ``beam.expansions`` = 5), the median of ``--repeats`` after one warm-up. ``--backend
 vllm`` samples the same prompts through vLLM's engine instead (in a venv with vllm, such as
-``make test-vllm``'s ``.venv-vllm``; the budgets are the transformers backend's and do not apply).
+``make vllm-venv``; the budgets are the transformers backend's and do not apply; ``--threads 2``
+binds the engine to two cores, as ``sampler.threads`` does).
 
     evoray bench uigenie-sampling --run-dir runs/uigenie-demo-… [--prompts 20 96] [--budgets 0 2048 8192]
-    .venv-vllm/bin/evoray bench uigenie-sampling --run-dir runs/uigenie-demo-… --backend vllm
+    .venv-vllm/bin/evoray bench uigenie-sampling --run-dir runs/uigenie-demo-… --backend vllm [--threads 2]
 """
 from __future__ import annotations
 
@@ -29,11 +30,13 @@ def add_args(p) -> None:
                    help="sampler.batch_tokens values; 0: one batch")
     p.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
                    help="the sampler backend (vllm: --budgets does not apply)")
+    p.add_argument("--threads", type=int, default=None, help="sampler.threads (vllm on a CPU: the "
+                   "engine's bound cores, none held back; default: vLLM's binding)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=1)
 
 
-def load_agent(run_dir: Path, backend: str = "transformers"):
+def load_agent(run_dir: Path, backend: str = "transformers", threads: int | None = None):
     """A Sampler with the run's model, the agent's system prompt and its latest fine-tuned layers."""
     import yaml
 
@@ -42,7 +45,7 @@ def load_agent(run_dir: Path, backend: str = "transformers"):
     from jobs.uigenie.policy import SYSTEM_PROMPT
     from services.run_store import RunStore
     model = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["name"]
-    sampler = Sampler(SamplerSettings(model, backend=backend, system_prompt=SYSTEM_PROMPT))
+    sampler = Sampler(SamplerSettings(model, backend=backend, threads=threads, system_prompt=SYSTEM_PROMPT))
     ckpt = RunStore(run_dir).latest_checkpoint()
     if ckpt is None or not (ckpt / "agent").is_dir():
         return sampler, model, "base model"
@@ -65,7 +68,7 @@ def run(args) -> int:
         raise ValueError(f"{data} does not exist: --run-dir must be a UI-Genie run past generation 0")
     texts = [r["prompt"] for r in pq.read_table(data).to_pylist()]
     console = Console()
-    sampler, model, agent = load_agent(run_dir, args.backend)
+    sampler, model, agent = load_agent(run_dir, args.backend, args.threads)
     budgets = args.budgets if args.backend == "transformers" else [None]
     rows = []
     for count in args.prompts:
@@ -92,7 +95,7 @@ def run(args) -> int:
                       f"{one / r['seconds']:.2f}×" if one else "-")
     console.print(table)
     result = {"benchmark": "uigenie-sampling", "date": datetime.now(timezone.utc).isoformat(),
-              "run_dir": str(run_dir), "model": model, "agent": agent, "backend": args.backend, "repeats": args.repeats,
+              "run_dir": str(run_dir), "model": model, "agent": agent, "backend": args.backend, "threads": args.threads, "repeats": args.repeats,
               "max_new_tokens": args.max_new_tokens, "host": platform.node(),
               "cpus": torch.get_num_threads(), "rows": rows}
     console.print(f"wrote {write_result(args.out, 'uigenie-sampling' + ('-vllm' if args.backend == 'vllm' else ''), result)}")
