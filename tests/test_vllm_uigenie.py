@@ -35,10 +35,9 @@ def heldout_decisions(run_dir: Path, generation: int) -> list[tuple[str, str]]:
 
 
 def greedy_replies(sampler, prompts: list[str], max_new_tokens: int) -> list[str]:
-    from actors.sampler import SamplingParams
-    from jobs.uigenie.policy import REPLY_PREFIX
-    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
-    return [c.text for c in sampler.generate(prompts, params, REPLY_PREFIX)]
+    """The held-out evaluation's own call: one proposal per prompt at temperature 0."""
+    from jobs.uigenie.policy import propose
+    return [p[0].text for p in propose(sampler.generate, prompts, 1, 0.0, max_new_tokens)]
 
 
 def test_the_fine_tuned_agent_decides_through_the_engine(tmp_path):

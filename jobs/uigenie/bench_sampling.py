@@ -95,10 +95,12 @@ def run(args) -> int:
                       f"{one / r['seconds']:.2f}×" if one else "-")
     console.print(table)
     result = {"benchmark": "uigenie-sampling", "date": datetime.now(timezone.utc).isoformat(),
-              "run_dir": str(run_dir), "model": model, "agent": agent, "backend": args.backend, "threads": args.threads, "repeats": args.repeats,
+              "run_dir": str(run_dir), "model": model, "agent": agent, "backend": args.backend,
+              "threads": args.threads, "repeats": args.repeats,
               "max_new_tokens": args.max_new_tokens, "host": platform.node(),
               "cpus": torch.get_num_threads(), "rows": rows}
-    console.print(f"wrote {write_result(args.out, 'uigenie-sampling' + ('-vllm' if args.backend == 'vllm' else ''), result)}")
+    name = "uigenie-sampling" + ("-vllm" if args.backend == "vllm" else "")
+    console.print(f"wrote {write_result(args.out, name, result)}")
     return 0
 
 
